@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --import-mode=importlib
+
+.PHONY: demo test test-all data venv clean
+
+# The virtual environment, rebuilt when setup.py changes.
+$(STAMP): setup.py
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST: the Debian package when we are root on a Debian-like machine,
+# otherwise the loader falls back to the Keras cache or download.
+data: $(STAMP)
+	@if [ -z "$$TFCOMPRESS_DATA" ] && [ ! -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	$(PY) -m tfcompress.data fashion_mnist
+
+demo: data
+	$(PY) -m models.train --model=small_cnn --dataset=fashion_mnist --epochs=5 \
+	    --model_dir=runs/demo-baseline
+
+# pytest exits 5 when it collects no test; that is not a failure of the code.
+test: data
+	$(PYTEST) -m "not slow" tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-all: data
+	$(PYTEST) tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,40 @@
+"""tfcompress: distillation, pruning, QAT and TFLite export for mobile, on tf_keras + TFMOT."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open("tfcompress/__init__.py") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+setup(
+    name="tfcompress",
+    version=VERSION,
+    description="Compress tf_keras models for mobile and Edge TPU: distill, prune, QAT, "
+                "TFLite export, evaluation and benchmarks.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tfcompress", "tfcompress.*", "models", "models.*",
+                                    "tflite_export", "tflite_export.*"]),
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        "tensorflow-model-optimization==0.8.1",
+        "ai-edge-litert==2.3.*",
+        # TF 2.21 no longer pulls TensorBoard in, but Keras's TensorBoard callback needs it.
+        "tensorboard==2.21.*",
+        "absl-py>=1.4",
+        "numpy>=1.26",
+        # TFMOT imports distutils.version, which Python 3.12 removed; setuptools provides it.
+        "setuptools>=65",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "tfds": ["tensorflow-datasets"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfcompress=tfcompress.cli:main",
+            "tfcompress-train=models.train:run",
+        ],
+    },
+)

@@ -1,0 +1,87 @@
+import os
+
+import numpy as np
+import pytest
+
+import tfcompress
+from tfcompress.errors import ModelLoadError
+from tfcompress.keras import keras
+
+
+def _model(with_lambda=False):
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="dense")(inputs)
+    if with_lambda:
+        x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("name", ["m.keras", "m.h5", "saved_model_dir"])
+def test_round_trip_keeps_predictions(tmp_path, name):
+    model = _model()
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    path = tfcompress.save_model(model, tmp_path / name)
+    loaded = tfcompress.load_model(path)
+    assert isinstance(loaded, keras.Model)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    # Atomic save leaves nothing but the model behind.
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+@pytest.mark.parametrize("name", ["m.keras", "m.h5"])
+def test_lambda_code_is_not_run_unless_allowed(tmp_path, name):
+    path = tfcompress.save_model(_model(with_lambda=True), tmp_path / name)
+    with pytest.raises(ModelLoadError) as err:
+        tfcompress.load_model(path)
+    assert str(path) in str(err.value)
+    assert "allow_unsafe=True" in str(err.value)
+    loaded = tfcompress.load_model(path, allow_unsafe=True)
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               2.0 * loaded.get_layer("dense")(x).numpy(), rtol=1e-6)
+
+
+def test_savedmodel_lambda_is_revived_from_the_graph_not_python(tmp_path):
+    # A SavedModel carries the Lambda's traced TF graph. In safe mode the Python
+    # bytecode is not unmarshalled; Keras revives the layer from that graph.
+    path = tfcompress.save_model(_model(with_lambda=True), tmp_path / "sm")
+    loaded = tfcompress.load_model(path)
+    layer = loaded.get_layer("double")
+    assert not isinstance(layer, keras.layers.Lambda)
+    assert getattr(layer, "function", None) is None
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               2.0 * loaded.get_layer("dense")(x).numpy(), rtol=1e-6)
+    unsafe = tfcompress.load_model(path, allow_unsafe=True).get_layer("double")
+    assert isinstance(unsafe, keras.layers.Lambda) and callable(unsafe.function)
+
+
+def test_missing_path_names_it(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"nope\.keras: no such file"):
+        tfcompress.load_model(tmp_path / "nope.keras")
+
+
+@pytest.mark.parametrize("name", ["junk.keras", "junk.h5"])
+def test_garbage_file_names_file_and_reason(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(os.urandom(300))
+    with pytest.raises(ModelLoadError, match=rf"{name}: cannot load model: .+"):
+        tfcompress.load_model(path)
+
+
+def test_directory_without_saved_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="no saved_model.pb"):
+        tfcompress.load_model(tmp_path)
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unknown model format"):
+        tfcompress.load_model(path)
+
+
+def test_reference_savedmodel_loads(shared_dir):
+    model = tfcompress.load_model(os.path.join(shared_dir, "data/mlperf_tiny_kws/ds_cnn_savedmodel"))
+    assert model.count_params() == 24908
+    assert model.input_shape == (None, 49, 10, 1)

@@ -1,0 +1,393 @@
+"""Data sets as numpy arrays: one entry point, `load_dataset(spec)`.
+
+Specs:
+    "fashion_mnist"            the real Fashion-MNIST IDX files (see below)
+    "fashion_mnist:DIR"        the IDX files in DIR
+    "npz:PATH"                 arrays x, y and optionally x_test, y_test
+    "imagefolder:PATH"         one sub-folder per class (PATH/train, PATH/test if present)
+    "tfds:NAME"                a TensorFlow Datasets set (needs `pip install tensorflow-datasets`)
+
+Images come back as float32 NHWC in [0, 1] (uint8 input is scaled; float input
+is kept as it is), labels as int64 class ids. Fashion-MNIST is looked for in:
+an explicit DIR, `$TFCOMPRESS_DATA`, /usr/share/datasets/fashion-mnist (Debian
+package `dataset-fashion-mnist`), the Keras cache (~/.keras/datasets), and
+finally downloaded with `keras.datasets.fashion_mnist`.
+
+Example:
+    ds = load_dataset("fashion_mnist")
+    ds.x_train.shape, ds.num_classes        # (60000, 28, 28, 1), 10
+    calib = calibration_samples(ds.x_train, 200, seed=0)
+"""
+
+import dataclasses
+import gzip
+import os
+import sys
+
+import numpy as np
+
+from tfcompress.errors import DataError
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+_FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SPEC_HELP = ("use fashion_mnist, fashion_mnist:DIR, npz:PATH, imagefolder:PATH "
+             "or tfds:NAME")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train and test splits plus what a model needs to know about them."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list
+    value_range: tuple = (0.0, 1.0)
+    source: str = ""
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def summary(self):
+        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
+                f"input {self.input_shape}, {self.num_classes} classes, "
+                f"values in [{self.value_range[0]:g}, {self.value_range[1]:g}], "
+                f"from {self.source}")
+
+
+def load_dataset(spec, data_dir=None, image_size=(96, 96), test_fraction=0.2, seed=0):
+    """Loads a data set named by `spec` (see the module docstring).
+
+    Args:
+        spec: the data set spec string.
+        data_dir: for fashion_mnist, the folder with the IDX files (same as
+            "fashion_mnist:DIR").
+        image_size: (height, width) images are resized to, for imagefolder.
+        test_fraction: share held out as test when the source has no test split
+            (npz without x_test, imagefolder without a test/ folder).
+        seed: for that split; the same seed gives the same split.
+
+    Returns:
+        A `Dataset`.
+
+    Raises:
+        DataError: unknown spec, missing or corrupt files, mismatched arrays.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise DataError(f"dataset spec must be a non-empty string, got {spec!r}; {SPEC_HELP}")
+    kind, _, arg = spec.partition(":")
+    if kind == "fashion_mnist":
+        return load_fashion_mnist(arg or data_dir)
+    if not arg:
+        if kind in ("npz", "imagefolder", "tfds"):
+            raise DataError(f"dataset spec {spec!r} needs a path or name after ':'; {SPEC_HELP}")
+        raise DataError(f"unknown dataset {spec!r}; {SPEC_HELP}")
+    if kind == "npz":
+        return load_npz(arg, test_fraction=test_fraction, seed=seed)
+    if kind == "imagefolder":
+        return load_image_folder(arg, image_size=image_size, test_fraction=test_fraction, seed=seed)
+    if kind == "tfds":
+        return load_tfds(arg)
+    raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; {SPEC_HELP}")
+
+
+def read_idx(path):
+    """Reads an IDX file (optionally gzipped) into a uint8 numpy array.
+
+    Raises:
+        DataError: naming the file, when it is truncated, corrupt or not IDX.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except OSError as e:  # includes gzip.BadGzipFile
+        raise DataError(f"{path}: cannot read IDX file: {e}") from e
+    except EOFError as e:
+        raise DataError(f"{path}: truncated gzip stream (re-download or reinstall the file)") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: IDX element type 0x{dtype_code:02x} is not unsigned byte (0x08)")
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(f"{path}: truncated or corrupt IDX file: {len(raw)} bytes, "
+                        f"header says {dims} needs {expected}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory, stem):
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _fashion_dirs(explicit):
+    if explicit:
+        return [explicit]
+    dirs = []
+    env = os.environ.get("TFCOMPRESS_DATA")
+    if env:
+        dirs += [os.path.join(env, "fashion-mnist"), env]
+    dirs += [DEBIAN_FASHION_MNIST_DIR,
+             os.path.join(os.path.expanduser("~"), ".keras", "datasets", "fashion-mnist")]
+    return dirs
+
+
+def load_fashion_mnist(data_dir=None, download=True):
+    """Fashion-MNIST (60,000 train / 10,000 test, 28x28x1, 10 classes).
+
+    Args:
+        data_dir: folder holding the four IDX files; when given, only it is searched.
+        download: fall back to `keras.datasets.fashion_mnist` (needs internet).
+    """
+    arrays, source = None, None
+    for directory in _fashion_dirs(data_dir):
+        paths = {k: _find_idx(directory, stem) for k, stem in _FASHION_FILES.items()}
+        if all(paths.values()):
+            arrays = {k: read_idx(p) for k, p in paths.items()}
+            source = directory
+            break
+        if data_dir:
+            missing = [_FASHION_FILES[k] + "[.gz]" for k, p in paths.items() if not p]
+            raise DataError(f"{directory}: Fashion-MNIST files missing: {', '.join(missing)}")
+    if arrays is None:
+        if not download:
+            raise DataError("Fashion-MNIST not found in " + ", ".join(_fashion_dirs(None))
+                            + "; run `make data` or apt-get install dataset-fashion-mnist")
+        arrays, source = _download_fashion_mnist(), "keras.datasets.fashion_mnist (download)"
+    for k in ("x_train", "x_test"):
+        if arrays[k].ndim != 3:
+            raise DataError(f"{source}: {k} has shape {arrays[k].shape}, expected (N, 28, 28)")
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        if len(arrays[x]) != len(arrays[y]):
+            raise DataError(f"{source}: {x} has {len(arrays[x])} images but {y} "
+                            f"has {len(arrays[y])} labels")
+    return Dataset(
+        name="fashion_mnist",
+        x_train=_to_float_images(arrays["x_train"]),
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=_to_float_images(arrays["x_test"]),
+        y_test=arrays["y_test"].astype(np.int64),
+        class_names=list(FASHION_MNIST_CLASSES),
+        source=source,
+    )
+
+
+def _download_fashion_mnist():
+    from tfcompress.keras import keras
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as e:  # no network, proxy, partial download...
+        raise DataError(
+            "Fashion-MNIST is not installed and the download failed "
+            f"({' '.join(str(e).split())[:200]}); install the Debian package "
+            "dataset-fashion-mnist, or put the four IDX files in a folder and set "
+            "TFCOMPRESS_DATA to it") from e
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def _to_float_images(x):
+    """uint8 -> float32 in [0, 1], other types -> float32; (N, H, W) gets a channel axis."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def _labels(y, path, key):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+        y = y.argmax(axis=1)
+    y = y.reshape(-1) if y.ndim == 2 else y
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{path}: {key} must hold integer class ids (or one-hot rows), "
+                        f"got {y.dtype} with shape {y.shape}")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{path}: {key} has negative class id {y.min()}")
+    return y.astype(np.int64)
+
+
+def _split(x, y, test_fraction, seed):
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, int(round(len(x) * test_fraction)))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def load_npz(path, test_fraction=0.2, seed=0):
+    """Arrays `x`, `y` (and optionally `x_test`, `y_test`) from an .npz file.
+
+    Without `x_test`, `test_fraction` of the rows is held out by a seeded split.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such npz file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled), OSError
+        raise DataError(f"{path}: cannot read npz file: {' '.join(str(e).split())}") from e
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: npz needs arrays 'x' and 'y' (optionally 'x_test', "
+                        f"'y_test'); missing {missing}, found {sorted(arrays)}")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
+    x = arrays["x"]
+    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number)):
+        raise DataError(f"{path}: 'x' must be a numeric array (N, ...), got {x.dtype} {x.shape}")
+    y = _labels(arrays["y"], path, "y")
+    if len(x) != len(y):
+        raise DataError(f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}")
+    if len(x) == 0:
+        raise DataError(f"{path}: 'x' is empty")
+    x = _to_float_images(x)
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: 'x' contains NaN or Inf values")
+    if "x_test" in arrays:
+        xt = arrays["x_test"]
+        xt = _to_float_images(xt)
+        yt = _labels(arrays["y_test"], path, "y_test")
+        if xt.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: 'x_test' rows have shape {xt.shape[1:]} but 'x' rows "
+                            f"have {x.shape[1:]}")
+        if len(xt) != len(yt):
+            raise DataError(f"{path}: 'x_test' has {len(xt)} rows but 'y_test' has {len(yt)}")
+    else:
+        x, y, xt, yt = _split(x, y, test_fraction, seed)
+    n_classes = int(max(y.max(), yt.max() if len(yt) else 0)) + 1
+    names = [str(n) for n in arrays["labels"]] if "labels" in arrays else [
+        str(i) for i in range(n_classes)]
+    if len(names) < n_classes:
+        raise DataError(f"{path}: 'labels' names {len(names)} classes but labels go up to "
+                        f"{n_classes - 1}")
+    lo = float(min(x.min(), xt.min() if len(xt) else x.min()))
+    hi = float(max(x.max(), xt.max() if len(xt) else x.max()))
+    return Dataset(name=os.path.basename(path), x_train=x, y_train=y, x_test=xt, y_test=yt,
+                   class_names=names, value_range=(lo, hi), source=path)
+
+
+def load_image_folder(path, image_size=(96, 96), test_fraction=0.2, seed=0):
+    """Images in PATH/<class>/..., or PATH/train/<class> and PATH/test/<class>.
+
+    Uses `keras.utils.image_dataset_from_directory`; images are resized to
+    `image_size` and scaled to [0, 1]. All images are held in memory.
+    """
+    from tfcompress.keras import keras
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: no such image folder")
+    kwargs = dict(image_size=tuple(image_size), batch_size=None, shuffle=False, labels="inferred",
+                  label_mode="int")
+    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
+    try:
+        if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+            train = keras.utils.image_dataset_from_directory(train_dir, **kwargs)
+            test = keras.utils.image_dataset_from_directory(
+                test_dir, class_names=train.class_names, **kwargs)
+            names = train.class_names
+            x, y = _stack(train)
+            xt, yt = _stack(test)
+        else:
+            ds = keras.utils.image_dataset_from_directory(path, **kwargs)
+            names = ds.class_names
+            x, y, xt, yt = _split(*_stack(ds), test_fraction, seed)
+    except ValueError as e:
+        raise DataError(f"{path}: {' '.join(str(e).split())}") from e
+    if len(x) == 0:
+        raise DataError(f"{path}: no images found (expected PATH/<class>/<image>)")
+    return Dataset(name=os.path.basename(os.path.normpath(path)), x_train=x / 255.0,
+                   y_train=y, x_test=xt / 255.0, y_test=yt, class_names=list(names), source=path)
+
+
+def _stack(ds):
+    xs, ys = [], []
+    for x, y in ds.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int64)
+
+
+def load_tfds(name):
+    """A TensorFlow Datasets image-classification set with train and test splits."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"tfds:{name} needs tensorflow-datasets; install it with "
+                        "pip install 'tfcompress[tfds]'") from e
+    try:
+        (x, y), (xt, yt) = tfds.as_numpy(tfds.load(
+            name, split=["train", "test"], as_supervised=True, batch_size=-1))
+        info = tfds.builder(name).info
+        names = list(info.features["label"].names)
+    except Exception as e:
+        raise DataError(f"tfds:{name}: {' '.join(str(e).split())[:300]}") from e
+    return Dataset(name=name, x_train=_to_float_images(x), y_train=y.astype(np.int64),
+                   x_test=_to_float_images(xt), y_test=yt.astype(np.int64),
+                   class_names=names, source=f"tfds:{name}")
+
+
+def subsample(x, y, n, seed=0):
+    """The same `n` rows of (x, y) for the same seed; all rows when n is None."""
+    if n is None or n >= len(x):
+        return x, y
+    if n <= 0:
+        raise DataError(f"sample count must be positive, got {n}")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+    return x[idx], y[idx]
+
+
+def calibration_samples(x, n=200, seed=0):
+    """`n` rows of `x` for a representative dataset, deterministic by `seed`.
+
+    Example:
+        converter.representative_dataset = lambda: ([s[None]] for s in calibration_samples(x))
+    """
+    if len(x) == 0:
+        raise DataError("cannot draw calibration samples from an empty array")
+    return subsample(np.asarray(x, np.float32), np.zeros(len(x)), n, seed)[0]
+
+
+def main(argv):
+    """`python -m tfcompress.data SPEC`: load SPEC and print a summary."""
+    if len(argv) != 2:
+        print("usage: python -m tfcompress.data SPEC  (" + SPEC_HELP + ")", file=sys.stderr)
+        return 2
+    try:
+        print(load_dataset(argv[1]).summary())
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

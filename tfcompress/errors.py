@@ -1,0 +1,45 @@
+"""Exceptions tfcompress raises for bad input.
+
+Every message names the problem and the fix. CLIs catch `TfcompressError` and
+print it as one line (no traceback).
+"""
+
+
+class TfcompressError(Exception):
+    """Base class of the errors that are the user's to fix."""
+
+
+class DataError(TfcompressError, ValueError):
+    """A data set is missing, corrupt, or does not fit the model."""
+
+
+class ModelLoadError(TfcompressError, ValueError):
+    """A saved model file could not be loaded; the message says which and why."""
+
+
+# What a CLI reports as one line: our errors, plus the ValueError/TypeError/OSError
+# that validation and file access raise. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (TfcompressError, ValueError, TypeError, OSError)
+
+
+def run_cli(fn, *args, **kwargs):
+    """Runs `fn`; a user error becomes one `error: ...` line on stderr and exit code 1.
+
+    Set TFCOMPRESS_DEBUG=1 to get the full traceback instead.
+
+    Example:
+        sys.exit(run_cli(main, argv))
+    """
+    import os
+    import sys
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as e:
+        if os.environ.get("TFCOMPRESS_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,1 @@
+"""Everything that makes or reads a `.tflite` file: convert, inspect, evaluate, benchmark."""
