@@ -3,12 +3,18 @@
 Example:
     tfcompress --version
     tfcompress train --model=small_cnn --epochs=5 --model_dir=runs/baseline
+    tfcompress export runs/baseline/model.keras --mode float32 --mode int8_full \\
+        --calibration fashion_mnist --out runs/baseline/tflite
+    tfcompress inspect runs/baseline/tflite/model_int8_full.tflite --edgetpu
+    tfcompress evaluate runs/baseline/tflite/model_int8_full.tflite --data fashion_mnist
 """
 
 import argparse
+import json
 import sys
 
 import tfcompress
+from tfcompress.errors import run_cli
 
 
 def _train(flags):
@@ -16,15 +22,108 @@ def _train(flags):
     train.run(["tfcompress train"] + list(flags))
 
 
+def _export(args):
+    from tfcompress.data import calibration_samples, load_dataset
+    from tflite_export.convert import NEEDS_CALIBRATION, export
+    modes = args.mode or ["float32"]
+    calib = None
+    if args.calibration:
+        calib = calibration_samples(load_dataset(args.calibration).x_train,
+                                    args.calibration_samples, seed=args.seed)
+    elif any(m in NEEDS_CALIBRATION for m in modes):
+        needing = [m for m in modes if m in NEEDS_CALIBRATION]
+        # QAT models calibrate themselves; convert() says so when they are not QAT.
+        print(f"note: no --calibration given for {', '.join(needing)}; only a "
+              "quantization-aware model converts without it", file=sys.stderr)
+    if args.sparse and modes != ["float32"]:
+        print("note: --sparse applies to the float32 export only", file=sys.stderr)
+    export(args.model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
+           sparse=args.sparse, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _inspect(args):
+    from tflite_export.inspect import (edgetpu_report, format_edgetpu, format_inspection,
+                                       inspect_tflite)
+    info = inspect_tflite(args.file)
+    report = edgetpu_report(args.file) if args.edgetpu else None
+    if args.json:
+        out = dict(info)
+        if report is not None:
+            out["edgetpu"] = report
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(format_inspection(info))
+        if report is not None:
+            print()
+            print(format_edgetpu(report))
+    return 0
+
+
+def _evaluate(args):
+    from tfcompress.data import load_dataset
+    from tflite_export.evaluate import compare_with_keras, evaluate_tflite, format_evaluation
+    ds = load_dataset(args.data)
+    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    if args.max_samples:
+        x, y = x[:args.max_samples], y[:args.max_samples]
+    result = evaluate_tflite(args.file, x, y, progress=not args.json)
+    if args.keras:
+        result["keras_agreement"] = compare_with_keras(
+            args.file, tfcompress.load_model(args.keras), x)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(format_evaluation(result))
+        if args.keras:
+            a = result["keras_agreement"]
+            print(f"agreement with {args.keras}: top-1 {a['top1_agreement']:.2%}, "
+                  f"max |diff| {a['max_abs_diff']:.3g}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfcompress",
         description="Compress tf_keras models for mobile and Edge TPU deployment.")
-    parser.add_argument("--version", action="version", version=f"tfcompress {tfcompress.__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"tfcompress {tfcompress.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Listed for --help only: main() hands everything after `train` to the absl binary,
     # because argparse's REMAINDER drops `--flag=value` arguments in subparsers.
     sub.add_parser("train", help="train a zoo model (absl flags; see `tfcompress train --help`)")
+
+    p = sub.add_parser("export", help="convert a Keras model to .tflite files")
+    p.add_argument("model", help=".keras, .h5 or SavedModel directory")
+    p.add_argument("--mode", action="append",
+                   help="float32, float16, dynamic, int8, int8_full or int16x8; repeat for "
+                        "several (default float32)")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="dataset spec whose training split calibrates int8/int16x8 modes "
+                        "(fashion_mnist, npz:PATH, ...)")
+    p.add_argument("--calibration_samples", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="picks the calibration samples")
+    p.add_argument("--batch_size", type=int, default=1, help="fixed batch dimension")
+    p.add_argument("--sparse", action="store_true",
+                   help="store pruned float32 weights sparse (float32 only)")
+    p.add_argument("--out", required=True, help="output folder; files are NAME_MODE.tflite")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("inspect", help="ops, dtypes, sizes, MACs of a .tflite; Edge TPU check")
+    p.add_argument("file")
+    p.add_argument("--edgetpu", action="store_true",
+                   help="static Edge TPU fitness check (not the Edge TPU compiler)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("evaluate", help="accuracy of a .tflite through the TFLite interpreter")
+    p.add_argument("file")
+    p.add_argument("--data", required=True, help="dataset spec (fashion_mnist, npz:PATH, ...)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--max_samples", type=int, default=None)
+    p.add_argument("--keras", metavar="MODEL", help="also report agreement with this Keras model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_evaluate)
     return parser
 
 
@@ -37,9 +136,11 @@ def main(argv=None):
     if argv and argv[0] in ABSL_COMMANDS:
         return ABSL_COMMANDS[argv[0]](argv[1:])
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 2
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run_cli(args.func, args)
 
 
 if __name__ == "__main__":

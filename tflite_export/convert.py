@@ -1,20 +1,43 @@
-"""Keras model -> TFLite flatbuffer.
+"""Keras model -> TFLite flatbuffer, in every mobile format.
+
+Modes:
+    float32    plain float model
+    float16    float16 weights (half the bytes); runs as float32 on CPUs
+    dynamic    int8 weights, float activations (dynamic-range quantization)
+    int8       int8 weights and activations, float input/output (float ops may remain)
+    int8_full  int8 everywhere, int8 input/output, TFLITE_BUILTINS_INT8 only (Edge TPU, MCUs)
+    int16x8    int16 activations, int8 weights (not delegated to XNNPACK: slower)
 
 `from_keras_model` leaves the batch dimension dynamic (-1), which the Edge TPU
 compiler and many mobile runtimes reject; we trace the model with a fixed batch
 size instead and convert that concrete function.
 
 Example:
-    tflite_bytes = convert(model, "float32")
-    write_tflite(tflite_bytes, "model.tflite")
+    tflite_bytes = convert(model, "int8_full", representative_data=x_train[:200])
+    write_tflite(tflite_bytes, "model_int8.tflite")
 """
 
 import os
 
-from tfcompress.keras import tf, ensure_tf_keras_model
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.keras import ensure_tf_keras_model, tf
 from tfcompress.saving import load_model, write_bytes_atomic
 
-MODES = ("float32",)
+MODES = ("float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
+NEEDS_CALIBRATION = ("int8", "int8_full", "int16x8")
+QUANTIZED_MODES = ("float16", "dynamic", "int8", "int8_full", "int16x8")
+
+
+class ExportError(TfcompressError, ValueError):
+    """A model could not be converted in the asked mode; the message says why."""
+
+
+def is_qat_model(model):
+    """True when `model` holds TFMOT quantization-aware wrappers (quantize_model)."""
+    return any(type(layer).__module__.startswith("tensorflow_model_optimization")
+               and "Quantize" in type(layer).__name__ for layer in model.layers)
 
 
 def _fixed_batch_function(model, batch_size):
@@ -28,30 +51,172 @@ def _fixed_batch_function(model, batch_size):
     return serve.get_concrete_function()
 
 
-def convert(model_or_path, mode="float32", batch_size=1):
+def _samples(representative_data):
+    """Yields single samples (a list of arrays, one per input) from arrays, a
+    tf.data.Dataset, a generator or a callable returning one."""
+    data = representative_data
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        data = data()
+    if isinstance(data, np.ndarray):
+        for row in data:
+            yield [row]
+        return
+    if isinstance(data, (list, tuple)) and data and all(isinstance(a, np.ndarray) for a in data) \
+            and len({len(a) for a in data}) == 1 and data[0].ndim > 1:
+        for rows in zip(*data):  # one array per model input
+            yield list(rows)
+        return
+    if isinstance(data, tf.data.Dataset):
+        data = data.as_numpy_iterator()
+    for item in data:
+        if isinstance(item, dict):
+            raise ExportError("representative_data yields dicts; yield arrays (one per input)")
+        if isinstance(item, tuple) and len(item) == 2:  # (x, y) pairs: keep x
+            item = item[0]
+        yield [np.asarray(a) for a in (item if isinstance(item, list) else [item])]
+
+
+def _representative_dataset(representative_data, model, batch_size):
+    """A converter `representative_dataset` that checks each sample's shape.
+
+    Samples may come with or without a leading batch axis of 1.
+    """
+    want = [tuple(t.shape[1:]) for t in model.inputs]
+
+    def gen():
+        count = 0
+        for sample in _samples(representative_data):
+            if len(sample) != len(want):
+                raise ExportError(f"representative_data gives {len(sample)} arrays a sample but "
+                                  f"the model has {len(want)} inputs")
+            batch = []
+            for arr, shape in zip(sample, want):
+                arr = np.asarray(arr, np.float32)
+                if arr.shape == shape:
+                    arr = arr[None]
+                elif arr.shape[1:] != shape:
+                    raise ExportError(f"representative_data sample has shape {arr.shape} but "
+                                      f"the model input is {shape}; reshape the calibration data")
+                if not np.all(np.isfinite(arr)):
+                    raise ExportError("representative_data contains NaN or Inf")
+                batch.append(np.repeat(arr[:1], batch_size, axis=0) if len(arr) != batch_size
+                             else arr)
+            count += 1
+            yield batch
+        if count == 0:
+            raise ExportError("representative_data is empty")
+
+    return gen
+
+
+def convert(model_or_path, mode="float32", representative_data=None, batch_size=1, sparse=False):
     """Converts a tf_keras model (or a saved model file) to TFLite bytes.
 
     Args:
-        model_or_path: a tf_keras Model or a path `tfcompress.load_model` reads.
+        model_or_path: a tf_keras Model (plain, stripped or QAT) or a path
+            `tfcompress.load_model` reads.
         mode: one of MODES.
+        representative_data: calibration samples for int8, int8_full and
+            int16x8: an array (N, ...), a list of arrays (one per input), a
+            tf.data.Dataset, or a generator (or callable) yielding samples or
+            (x, y) pairs. 100-500 samples is usual. QAT models need none.
         batch_size: the fixed batch dimension of the inputs.
+        sparse: store pruned float32 weights in sparse format
+            (EXPERIMENTAL_SPARSITY); refused for quantized modes because
+            XNNPACK cannot run sparse quantized models.
 
     Returns:
         The flatbuffer as bytes.
+
+    Raises:
+        ExportError: bad mode/options, missing calibration data, or a model the
+            converter rejects (the converter's reason is included).
     """
     if mode not in MODES:
-        raise ValueError(f"unknown TFLite mode {mode!r}; choose one of {', '.join(MODES)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ExportError(f"unknown TFLite mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if sparse and mode != "float32":
+        raise ExportError(
+            f"sparse=True is only for float32: a sparse {mode} model fails to prepare under "
+            "XNNPACK, the default CPU delegate on phones; export it dense, or use float32 sparse")
     if isinstance(model_or_path, (str, os.PathLike)):
         model = load_model(model_or_path)
     else:
         model = ensure_tf_keras_model(model_or_path)
-    fn = _fixed_batch_function(model, batch_size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
-    return converter.convert()
+    qat = is_qat_model(model)
+    if mode in NEEDS_CALIBRATION and representative_data is None and not (
+            qat and mode in ("int8", "int8_full")):
+        raise ExportError(f"mode {mode} needs representative_data (about 100-500 training "
+                          "samples) to calibrate activation ranges; pass representative_data= "
+                          "(CLI: --calibration DATA), or train quantization-aware first")
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [_fixed_batch_function(model, batch_size)], model)
+    if mode != "float32" or sparse:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in NEEDS_CALIBRATION and representative_data is not None:
+        converter.representative_dataset = _representative_dataset(
+            representative_data, model, batch_size)
+    if mode == "int8_full":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    if mode == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    try:
+        return converter.convert()
+    except ExportError:
+        raise
+    except Exception as e:  # ConverterError and friends: keep the converter's reason.
+        reason = " ".join(str(e).split())
+        raise ExportError(f"{mode} conversion of {model.name} failed: {reason[:600]}") from e
 
 
 def write_tflite(tflite_bytes, path):
-    """Writes a flatbuffer atomically (temp file + rename)."""
+    """Writes a flatbuffer atomically (temp file + rename): never a partial file."""
+    if not isinstance(tflite_bytes, (bytes, bytearray)) or tflite_bytes[4:8] != b"TFL3":
+        raise ExportError(f"refusing to write {path}: not a TFLite flatbuffer")
     return write_bytes_atomic(path, tflite_bytes)
+
+
+def export(model_or_path, modes, out_dir, representative_data=None, batch_size=1, sparse=False,
+           name=None, log=print):
+    """Converts a model in several modes and writes `out_dir/NAME_MODE.tflite`.
+
+    Every mode is converted before anything is written, so a failing mode
+    leaves no files from this call behind; each file is written atomically.
+
+    Example:
+        export("model.keras", ["float32", "int8_full"], "out/", representative_data=calib)
+
+    Returns:
+        {mode: path} of the files written.
+    """
+    modes = list(dict.fromkeys(modes))  # keep order, drop repeats
+    if not modes:
+        raise ExportError(f"no export mode given; choose from {', '.join(MODES)}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ExportError(f"unknown TFLite mode {unknown[0]!r}; choose one of {', '.join(MODES)}")
+    if isinstance(model_or_path, (str, os.PathLike)):
+        name = name or os.path.splitext(os.path.basename(os.path.normpath(model_or_path)))[0]
+        model = load_model(model_or_path)
+    else:
+        model = ensure_tf_keras_model(model_or_path)
+        name = name or model.name
+    results = {}
+    for mode in modes:
+        log(f"converting {name} to {mode} ...")
+        results[mode] = convert(model, mode, representative_data=representative_data,
+                                batch_size=batch_size, sparse=sparse and mode == "float32")
+    paths = {}
+    for mode, data in results.items():
+        paths[mode] = write_tflite(data, os.path.join(out_dir, f"{name}_{mode}.tflite"))
+        log(f"wrote {paths[mode]} ({len(data):,} bytes)")
+    return paths
