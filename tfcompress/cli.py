@@ -24,17 +24,12 @@ def _train(flags):
 
 def _export(args):
     from tfcompress.data import calibration_samples, load_dataset
-    from tflite_export.convert import NEEDS_CALIBRATION, export
+    from tflite_export.convert import export
     modes = args.mode or ["float32"]
     calib = None
     if args.calibration:
         calib = calibration_samples(load_dataset(args.calibration).x_train,
                                     args.calibration_samples, seed=args.seed)
-    elif any(m in NEEDS_CALIBRATION for m in modes):
-        needing = [m for m in modes if m in NEEDS_CALIBRATION]
-        # QAT models calibrate themselves; convert() says so when they are not QAT.
-        print(f"note: no --calibration given for {', '.join(needing)}; only a "
-              "quantization-aware model converts without it", file=sys.stderr)
     if args.sparse and modes != ["float32"]:
         print("note: --sparse applies to the float32 export only", file=sys.stderr)
     export(args.model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
@@ -61,24 +56,31 @@ def _inspect(args):
 
 
 def _evaluate(args):
-    from tfcompress.data import load_dataset
-    from tflite_export.evaluate import compare_with_keras, evaluate_tflite, format_evaluation
+    from tfcompress.data import calibration_samples, load_dataset
+    from tflite_export.evaluate import (compare_with_keras, evaluate_tflite, format_comparison,
+                                        format_evaluation, format_layer_errors,
+                                        quantization_error_by_layer)
+    if args.layer_errors and not args.keras:
+        raise ValueError("--layer_errors needs --keras MODEL: the per-layer error is measured by "
+                         "re-converting the Keras model with the quantization debugger")
     ds = load_dataset(args.data)
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    if args.max_samples:
-        x, y = x[:args.max_samples], y[:args.max_samples]
-    result = evaluate_tflite(args.file, x, y, progress=not args.json)
-    if args.keras:
-        result["keras_agreement"] = compare_with_keras(
-            args.file, tfcompress.load_model(args.keras), x)
+    result = evaluate_tflite(args.file, x, y, progress=not args.json, max_samples=args.max_samples)
+    keras_model = tfcompress.load_model(args.keras) if args.keras else None
+    if keras_model is not None:
+        result["keras_agreement"] = compare_with_keras(args.file, keras_model, x,
+                                                       max_samples=args.max_samples)
+    if args.layer_errors:
+        result["layer_errors"] = quantization_error_by_layer(
+            keras_model, calibration_samples(ds.x_train, 200, seed=0))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-    else:
-        print(format_evaluation(result))
-        if args.keras:
-            a = result["keras_agreement"]
-            print(f"agreement with {args.keras}: top-1 {a['top1_agreement']:.2%}, "
-                  f"max |diff| {a['max_abs_diff']:.3g}")
+        return 0
+    print(format_evaluation(result))
+    if keras_model is not None:
+        print(format_comparison(result["keras_agreement"]))
+    if args.layer_errors:
+        print(format_layer_errors(result["layer_errors"]))
     return 0
 
 
@@ -122,6 +124,8 @@ def build_parser():
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--max_samples", type=int, default=None)
     p.add_argument("--keras", metavar="MODEL", help="also report agreement with this Keras model")
+    p.add_argument("--layer_errors", action="store_true",
+                   help="per-layer int8 quantization error of the --keras model, worst first")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_evaluate)
     return parser

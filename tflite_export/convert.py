@@ -151,8 +151,15 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
                           "samples) to calibrate activation ranges; pass representative_data= "
                           "(CLI: --calibration DATA), or train quantization-aware first")
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_fixed_batch_function(model, batch_size)], model)
+    fn = _fixed_batch_function(model, batch_size)
+    # The converter saves its trackable object as a SavedModel first. Handing it the
+    # Keras model makes Keras trace every layer (30 s for MobileNetV2 here); a bare
+    # tf.Module holding the variables and the function gives the same bytes and
+    # signature in a quarter of the time. Without any trackable the signature is lost.
+    holder = tf.Module()
+    holder.model_variables = list(model.variables)
+    holder.serve = fn
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder)
     if mode != "float32" or sparse:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if sparse:
