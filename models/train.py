@@ -8,6 +8,8 @@ Example:
     python -m models.train --model=small_cnn --dataset=fashion_mnist \
         --epochs=5 --model_dir=runs/baseline
     tfcompress train --model=ds_cnn --dataset=npz:clips.npz --model_options=size=S
+    tfcompress train --init_model=runs/baseline/model.keras --epochs=0 \
+        --prune_sparsity=0.8 --prune_epochs=3 --model_dir=runs/pruned
 """
 
 import sys
@@ -22,7 +24,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "small_cnn", models.list_models(), "Zoo model to train.")
 flags.DEFINE_string("dataset", "fashion_mnist",
                     "fashion_mnist[:DIR], npz:PATH, imagefolder:PATH or tfds:NAME.")
-flags.DEFINE_integer("epochs", 5, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("epochs", 5, "Training epochs (may be 0 with --init_model).",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (cosine decay).", lower_bound=0.0)
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, subsampling).")
@@ -30,6 +33,19 @@ flags.DEFINE_string("model_dir", "runs/train", "Where the model, metrics and log
 flags.DEFINE_integer("max_train_samples", None, "Train on this many samples (seeded subset).",
                      lower_bound=1)
 flags.DEFINE_list("model_options", [], "Builder options as key=value, e.g. width=8,alpha=0.35.")
+flags.DEFINE_string("init_model", None, "Start from this saved model (.keras/.h5/SavedModel) "
+                    "instead of a new zoo model.")
+flags.DEFINE_float("prune_sparsity", None, "Prune to this sparsity after training, e.g. 0.8.",
+                   lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_enum("prune_schedule", "polynomial", ["polynomial", "constant"],
+                  "Pruning schedule: polynomial (Zhu & Gupta cubic ramp over the first 3/4 of "
+                  "the pruning epochs) or constant.")
+flags.DEFINE_string("prune_structure", None, "None (unstructured), M:N such as 2:4, or a block "
+                    "such as 1x4.")
+flags.DEFINE_integer("prune_epochs", 2, "Fine-tuning epochs while pruning.", lower_bound=1)
+flags.DEFINE_bool("prune_skip_first_and_last", True,
+                  "Leave the first and last prunable layers (stem, classifier) dense.")
+flags.DEFINE_list("prune_exclude", [], "Layer names/regexes/types to leave dense.")
 
 
 def parse_model_options(items):
@@ -55,9 +71,16 @@ def _train():
         model=FLAGS.model, dataset=FLAGS.dataset, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
         model_dir=FLAGS.model_dir, max_train_samples=FLAGS.max_train_samples,
-        model_options=parse_model_options(FLAGS.model_options))
+        model_options=parse_model_options(FLAGS.model_options), init_model=FLAGS.init_model,
+        prune_sparsity=FLAGS.prune_sparsity, prune_schedule=FLAGS.prune_schedule,
+        prune_structure=FLAGS.prune_structure, prune_epochs=FLAGS.prune_epochs,
+        prune_skip_first_and_last=FLAGS.prune_skip_first_and_last,
+        prune_exclude=tuple(FLAGS.prune_exclude))
     result = train(config)
     m = result.metrics
+    if "sparsity" in m:
+        print(f"pruned: {m['sparsity']['sparsity']:.1%} of {m['sparsity']['weights']:,} weights "
+              f"are zero; dense test accuracy {m['dense_test_accuracy']:.4f}", flush=True)
     print(f"test accuracy: {m['test_accuracy']:.4f} ({m['model']} on {m['dataset']}, "
           f"{m['parameters']:,} parameters, {m['wall_time_s']:.0f} s training); "
           f"saved {config.model_dir}/model.keras", flush=True)

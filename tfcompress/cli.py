@@ -7,6 +7,7 @@ Example:
         --calibration fashion_mnist --out runs/baseline/tflite
     tfcompress inspect runs/baseline/tflite/model_int8_full.tflite --edgetpu
     tfcompress evaluate runs/baseline/tflite/model_int8_full.tflite --data fashion_mnist
+    tfcompress sparsity runs/pruned/model.keras --structure 2:4
 """
 
 import argparse
@@ -84,6 +85,15 @@ def _evaluate(args):
     return 0
 
 
+def _sparsity(args):
+    from tfcompress.pruning import format_sparsity_report, load_pruned_model, sparsity_report
+    # load_pruned_model also reads plain models, and models saved mid-pruning.
+    model = load_pruned_model(args.model, allow_unsafe=args.allow_unsafe)
+    report = sparsity_report(model, args.structure)
+    print(json.dumps(report, indent=2) if args.json else format_sparsity_report(report))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfcompress",
@@ -128,6 +138,14 @@ def build_parser():
                    help="per-layer int8 quantization error of the --keras model, worst first")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("sparsity", help="per-layer sparsity of a Keras model (pruned or stripped)")
+    p.add_argument("model", help=".keras, .h5 or SavedModel directory")
+    p.add_argument("--structure", help="also check a structure: M:N such as 2:4, or a block 1x4")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--allow_unsafe", action="store_true",
+                   help="allow Lambda layers with Python code (trusted files only)")
+    p.set_defaults(func=_sparsity)
     return parser
 
 

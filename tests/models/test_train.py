@@ -95,7 +95,9 @@ def test_binary_resumes_after_sigkill(tmp_path, tiny_npz):
     (["--model=vgg"], "flag --model=vgg: value should be one of"),
     (["--dataset=npz:/nonexistent/x.npz", "--epochs=1"], "/nonexistent/x.npz: no such npz file"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
-    (["--epochs=0"], "--epochs=0"),
+    (["--epochs=0"], "epochs must be >= 1 (>= 0 with init_model), got 0"),
+    (["--init_model=/nonexistent/m.keras"], "/nonexistent/m.keras: no such file"),
+    (["--prune_sparsity=1.5"], "flag --prune_sparsity=1.5"),
     (["--model_options=depth"], "'depth' is not key=value"),
     (["--model_options=alpha=0.5"], "has no option alpha"),
 ])
@@ -116,3 +118,36 @@ def test_tfcompress_cli_version_and_train_errors(tmp_path):
                          timeout=300)
     assert bad.returncode != 0 and "error: flag --model=nope" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_binary_prunes_a_trained_model_and_cli_reports_it(tmp_path, tiny_npz):
+    base = tmp_path / "base"
+    result = _binary("--model=small_cnn", "--model_options=width=4", f"--dataset=npz:{tiny_npz}",
+                     "--epochs=2", "--batch_size=16", f"--model_dir={base}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    pruned_dir = tmp_path / "pruned"
+    result = _binary(f"--init_model={base}/model.keras", "--epochs=0", f"--dataset=npz:{tiny_npz}",
+                     "--prune_sparsity=0.75", "--prune_epochs=4", "--batch_size=16",
+                     "--prune_skip_first_and_last=false", "--prune_exclude=conv1",
+                     f"--model_dir={pruned_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pruned:" in result.stdout
+    metrics = json.loads((pruned_dir / "metrics.json").read_text())
+    dense = json.loads((base / "metrics.json").read_text())
+    assert abs(metrics["dense_test_accuracy"] - dense["test_accuracy"]) < 1e-6
+    assert metrics["epochs_run_this_time"] == 4
+    # The saved model is stripped (plain layers) and its pruned kernels are 75% zeros.
+    model = tfcompress.load_model(pruned_dir / "model.keras")
+    assert [layer.name for layer in model.layers] == [
+        layer.name for layer in tfcompress.load_model(base / "model.keras").layers]
+    for name in ("conv2", "conv3", "classifier"):
+        kernel = model.get_layer(name).kernel.numpy()
+        assert abs(np.mean(kernel == 0) - 0.75) < 0.01, name
+    assert np.mean(model.get_layer("conv1").kernel.numpy() == 0) == 0.0
+
+    report = subprocess.run([sys.executable, "-m", "tfcompress.cli", "sparsity",
+                             str(pruned_dir / "model.keras"), "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    rows = {row["layer"]: row for row in json.loads(report.stdout)["layers"]}
+    assert abs(rows["conv2"]["sparsity"] - 0.75) < 0.01 and rows["conv1"]["sparsity"] == 0.0
