@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --import-mode=importlib
 
-.PHONY: demo test test-all data venv clean
+.PHONY: demo test test-all bench data venv clean
 
 # The virtual environment, rebuilt when setup.py changes.
 $(STAMP): setup.py
@@ -37,6 +37,10 @@ test: data
 
 test-all: data
 	$(PYTEST) tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Performance figures (not tests): pruning quality, size and training-step cost.
+bench: data
+	$(PY) -m models.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
 
 clean:
 	rm -rf runs build *.egg-info
