@@ -21,10 +21,11 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "runs/demo-baseline/model.keras",
                     "Trained dense model; trained with the demo settings when missing.")
-flags.DEFINE_float("sparsity", 0.8, "Target sparsity.")
-flags.DEFINE_integer("prune_epochs", 3, "Fine-tuning epochs while pruning.")
-flags.DEFINE_integer("timing_steps", 20, "Training steps per timed window.")
-flags.DEFINE_integer("timing_repeats", 5, "Timed windows (the median is reported).")
+flags.DEFINE_float("sparsity", 0.8, "Target sparsity.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_integer("prune_epochs", 3, "Fine-tuning epochs while pruning.", lower_bound=1)
+flags.DEFINE_integer("timing_steps", 20, "Training steps per timed window.", lower_bound=1)
+flags.DEFINE_integer("timing_repeats", 5, "Timed windows (the median is reported).",
+                     lower_bound=1)
 flags.DEFINE_string("out", "runs/bench-pruning", "Output folder.")
 
 
@@ -103,10 +104,16 @@ def run():
     return report
 
 
+def _run_and_exit_zero():
+    run()
+    return 0
+
+
 def main(argv):
     del argv
     from tfcompress.errors import run_cli
-    return run_cli(lambda: run() and 0)
+    # app.run passes main's return value to sys.exit, so it must be an exit code.
+    return run_cli(_run_and_exit_zero)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,8 @@ def _labels(y, path, key):
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot
         y = y.argmax(axis=1)
     y = y.reshape(-1) if y.ndim == 2 else y
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+    integral = np.issubdtype(y.dtype, np.integer) or bool(np.all(np.mod(y, 1) == 0))
+    if y.ndim != 1 or not integral:
         raise DataError(f"{path}: {key} must hold integer class ids (or one-hot rows), "
                         f"got {y.dtype} with shape {y.shape}")
     if len(y) and y.min() < 0:
