@@ -43,6 +43,8 @@ flags.DEFINE_enum("prune_schedule", "polynomial", ["polynomial", "constant"],
 flags.DEFINE_string("prune_structure", None, "None (unstructured), M:N such as 2:4, or a block "
                     "such as 1x4.")
 flags.DEFINE_integer("prune_epochs", 2, "Fine-tuning epochs while pruning.", lower_bound=1)
+flags.DEFINE_float("prune_learning_rate", None, "Peak learning rate while pruning (cosine "
+                   "decay); default --learning_rate.", lower_bound=0.0)
 flags.DEFINE_bool("prune_skip_first_and_last", True,
                   "Leave the first and last prunable layers (stem, classifier) dense.")
 flags.DEFINE_list("prune_exclude", [], "Layer names/regexes/types to leave dense.")
@@ -74,6 +76,7 @@ def _train():
         model_options=parse_model_options(FLAGS.model_options), init_model=FLAGS.init_model,
         prune_sparsity=FLAGS.prune_sparsity, prune_schedule=FLAGS.prune_schedule,
         prune_structure=FLAGS.prune_structure, prune_epochs=FLAGS.prune_epochs,
+        prune_learning_rate=FLAGS.prune_learning_rate,
         prune_skip_first_and_last=FLAGS.prune_skip_first_and_last,
         prune_exclude=tuple(FLAGS.prune_exclude))
     result = train(config)
