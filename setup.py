@@ -26,6 +26,9 @@ setup(
         "numpy>=1.26",
         # TFMOT imports distutils.version, which Python 3.12 removed; setuptools provides it.
         "setuptools>=65",
+        # Recipes are YAML (loaded with yaml.safe_load); reports and benchmarks draw PNG plots.
+        "pyyaml>=6",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8"],
