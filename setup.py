@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tfcompress", "tfcompress.*", "models", "models.*",
                                     "tflite_export", "tflite_export.*"]),
+    package_data={"tfcompress": ["recipes/*.yaml"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",

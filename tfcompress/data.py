@@ -246,6 +246,9 @@ def _split(x, y, test_fraction, seed):
 def load_npz(path, test_fraction=0.2, seed=0):
     """Arrays `x`, `y` (and optionally `x_test`, `y_test`) from an .npz file.
 
+    Instead of `x`, quantized features `x_int8` with `input_scale` and
+    `input_zero_point` (the MLPerf Tiny test files) are dequantized to float.
+
     Without `x_test`, `test_fraction` of the rows is held out by a seeded split.
     """
     if not os.path.isfile(path):
@@ -255,6 +258,10 @@ def load_npz(path, test_fraction=0.2, seed=0):
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # zipfile.BadZipFile, ValueError (pickled), OSError
         raise DataError(f"{path}: cannot read npz file: {' '.join(str(e).split())}") from e
+    if "x" not in arrays and {"x_int8", "input_scale", "input_zero_point"} <= set(arrays):
+        # Quantized features as MLPerf Tiny ships them: x = (x_int8 - zero_point) * scale.
+        arrays["x"] = ((arrays["x_int8"].astype(np.float32) - float(arrays["input_zero_point"]))
+                       * float(arrays["input_scale"])).astype(np.float32)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise DataError(f"{path}: npz needs arrays 'x' and 'y' (optionally 'x_test', "

@@ -1,0 +1,463 @@
+"""Recipes: what a pipeline run builds, as typed dataclasses loaded from YAML or JSON.
+
+A recipe names the data, the teacher (a zoo model to train or a saved model file),
+the student, an ordered list of stages, the TFLite export modes and the device
+profiles to benchmark on. Every stage takes the model the stage before it made.
+
+    name: my_recipe
+    seed: 0
+    data: {dataset: fashion_mnist, calibration_samples: 200}
+    teacher: {model: small_cnn, options: {width: 16}}
+    student: {model: small_cnn, options: {width: 8}}
+    stages:
+      - train: {epochs: 5}
+      - distill: {epochs: 5, temperature: 4.0, alpha: 0.5}
+      - prune: {sparsity: 0.8, epochs: 3}
+      - qat: {epochs: 1}
+    export: {modes: [float32, int8_full]}
+    benchmark: {devices: [host-1t], runs: 50}
+
+Unknown keys and bad values raise `RecipeError`, naming the key and the valid
+choices. YAML is read with `yaml.safe_load`: a recipe cannot construct objects.
+
+Example:
+    recipe = load_recipe("fashion_mnist")          # built-in, see list_recipes()
+    recipe = load_recipe("my_recipe.yaml", overrides=["stages.0.train.epochs=1"])
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from typing import Optional
+
+from tfcompress.errors import TfcompressError
+
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
+
+
+class RecipeError(TfcompressError, ValueError):
+    """A recipe key or value is wrong; the message names it and the valid choices."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclasses.dataclass
+class DataConfig:
+    """dataset: a `tfcompress.data.load_dataset` spec (fashion_mnist, npz:PATH, ...)."""
+    dataset: str = "fashion_mnist"
+    max_train_samples: Optional[int] = None
+    calibration_samples: int = 200
+    eval_samples: Optional[int] = None  # None: the whole test split
+    test_fraction: float = 0.2          # for npz/imagefolder data without a test split
+
+    def validate(self, where):
+        _check(self.dataset, where + ".dataset", "a data spec such as fashion_mnist or npz:FILE")
+        _positive(self.max_train_samples, where + ".max_train_samples", optional=True)
+        _positive(self.calibration_samples, where + ".calibration_samples")
+        _positive(self.eval_samples, where + ".eval_samples", optional=True)
+        if not 0 < self.test_fraction < 1:
+            raise RecipeError(f"{where}.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """A zoo model (`model` + `options`) or a saved model file (`path`)."""
+    model: Optional[str] = None
+    options: dict = dataclasses.field(default_factory=dict)
+    path: Optional[str] = None
+
+    def validate(self, where):
+        import models
+        if self.model and self.path:
+            raise RecipeError(f"{where}: give either model (a zoo name) or path (a saved "
+                              f"model file), not both")
+        if self.model and self.model not in models.MODELS:
+            raise RecipeError(f"{where}.model: unknown zoo model {self.model!r}; valid: "
+                              f"{', '.join(models.list_models())}")
+        if self.path is not None and not isinstance(self.path, str):
+            raise RecipeError(f"{where}.path must be a file path, got {self.path!r}")
+        if self.path and not os.path.exists(self.path):
+            raise RecipeError(f"{where}.path {self.path}: no such file or directory")
+
+    @property
+    def given(self):
+        return bool(self.model or self.path)
+
+
+@dataclasses.dataclass
+class TrainStage:
+    """Trains the teacher (a zoo model from scratch, or fine-tunes `teacher.path`)."""
+    epochs: int = 5
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class DistillStage:
+    """Distills the current model (teacher) into `student` (Hinton et al. 2015).
+
+    alpha is the weight of the student's hard-label loss; 1 - alpha goes to
+    the soft-target loss at `temperature`.
+    """
+    epochs: int = 5
+    temperature: float = 4.0
+    alpha: float = 0.5
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class PruneStage:
+    """Magnitude pruning to `sparsity` on a polynomial or constant schedule."""
+    sparsity: float = 0.8
+    epochs: int = 3
+    schedule: str = "polynomial"
+    structure: Optional[str] = None     # "2:4", "4x1" block, ...
+    skip_first_and_last: bool = False
+    exclude: list = dataclasses.field(default_factory=list)
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class ClusterStage:
+    """Weight clustering (sparsity-preserving when the model was pruned)."""
+    clusters: int = 16
+    epochs: int = 1
+    init: str = "kmeans++"
+    preserve_sparsity: bool = True
+    learning_rate: float = 1e-4
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class QATStage:
+    """Quantization-aware training; scheme "auto" preserves what earlier stages made."""
+    epochs: int = 1
+    scheme: str = "auto"
+    per_tensor: bool = False
+    learning_rate: float = 1e-4
+    batch_size: int = 128
+
+
+STAGES = {"train": TrainStage, "distill": DistillStage, "prune": PruneStage,
+          "cluster": ClusterStage, "qat": QATStage}
+QAT_SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
+               "prune_cluster_preserving")
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step of the pipeline: its kind (a key of STAGES) and its settings."""
+    kind: str
+    settings: object
+    export: Optional[list] = None  # this stage's export modes; None: the recipe's
+
+    def to_dict(self):
+        out = {self.kind: dataclasses.asdict(self.settings)}
+        if self.export is not None:
+            out[self.kind]["export"] = list(self.export)
+        return out
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    modes: list = dataclasses.field(default_factory=lambda: ["float32", "int8_full"])
+    batch_size: int = 1
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+    """Device profiles (tflite_export.benchmark) to time every variant on; [] skips it."""
+    devices: list = dataclasses.field(default_factory=lambda: ["host-1t"])
+    runs: int = 50
+    min_seconds: float = 0.5
+    warmup: int = 5
+    devices_file: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    teacher: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    student: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    stages: list = dataclasses.field(default_factory=list)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["stages"] = [s.to_dict() for s in self.stages]
+        return out
+
+    def stage_hash(self, index):
+        """A hash of everything stage `index` depends on: a rerun reuses a stage with the same hash."""
+        d = self.to_dict()
+        relevant = {k: d[k] for k in ("seed", "data", "teacher", "student")}
+        relevant["stages"] = d["stages"][:index + 1]
+        relevant["data"] = {k: v for k, v in relevant["data"].items()
+                            if k not in ("calibration_samples", "eval_samples")}
+        return digest(relevant)
+
+    def stage_modes(self, index):
+        """Export modes of stage `index`; a QAT model only goes to the int8 modes."""
+        stage = self.stages[index]
+        if stage.export is not None:
+            return list(stage.export)
+        if stage.kind == "qat":
+            return [m for m in self.export.modes if m in ("int8", "int8_full")] or ["int8_full"]
+        return list(self.export.modes)
+
+
+def digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _check(value, where, what):
+    if not isinstance(value, str) or not value:
+        raise RecipeError(f"{where} must be {what}, got {value!r}")
+
+
+def _positive(value, where, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RecipeError(f"{where} must be an integer >= 1, got {value!r}")
+
+
+def _type_ok(value, hint):
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool, list, dict):
+        return isinstance(value, hint)
+    return True
+
+
+def _from_dict(cls, values, where):
+    """Builds dataclass `cls` from a dict, refusing unknown keys and wrong types."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where} must be a mapping of keys to values, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r}; valid keys: "
+                          f"{', '.join(fields)}")
+    kwargs = {}
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise RecipeError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+        kwargs[key] = float(value) if hints[key] is float else value
+    return cls(**kwargs)
+
+
+def _type_name(hint):
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _number_in(value, lo, hi, where, lo_open=False, hi_open=False):
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise RecipeError(f"{where} must be in {interval}, got {value}")
+
+
+def _validate_stage(kind, s, where):
+    for key in ("epochs", "batch_size"):
+        if hasattr(s, key):
+            minimum = 0 if kind == "train" and key == "epochs" else 1
+            value = getattr(s, key)
+            if value < minimum:
+                raise RecipeError(f"{where}.{key} must be >= {minimum}, got {value}")
+    if hasattr(s, "learning_rate"):
+        _number_in(s.learning_rate, 0, 10, where + ".learning_rate", lo_open=True)
+    if kind == "distill":
+        _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
+        _number_in(s.alpha, 0, 1, where + ".alpha")
+    if kind == "prune":
+        _number_in(s.sparsity, 0, 1, where + ".sparsity", lo_open=True, hi_open=True)
+        if s.schedule not in ("polynomial", "constant"):
+            raise RecipeError(f"{where}.schedule: unknown {s.schedule!r}; valid: polynomial, "
+                              f"constant")
+    if kind == "cluster":
+        if s.clusters < 2:
+            raise RecipeError(f"{where}.clusters must be >= 2, got {s.clusters}")
+        if s.init not in ("kmeans++", "linear", "random", "density-based"):
+            raise RecipeError(f"{where}.init: unknown {s.init!r}; valid: kmeans++, linear, "
+                              f"random, density-based")
+    if kind == "qat" and s.scheme not in QAT_SCHEMES:
+        raise RecipeError(f"{where}.scheme: unknown {s.scheme!r}; valid: {', '.join(QAT_SCHEMES)}")
+
+
+def _parse_stage(item, index):
+    where = f"stages[{index}]"
+    if not isinstance(item, dict) or len(item) != 1:
+        raise RecipeError(f"{where} must be one mapping like {{prune: {{sparsity: 0.8}}}}; "
+                          f"valid stages: {', '.join(STAGES)}")
+    (kind, values), = item.items()
+    if kind not in STAGES:
+        raise RecipeError(f"{where}: unknown stage {kind!r}; valid stages: {', '.join(STAGES)}")
+    values = dict(values or {})
+    export = values.pop("export", None)
+    settings = _from_dict(STAGES[kind], values, f"{where}.{kind}")
+    _validate_stage(kind, settings, f"{where}.{kind}")
+    if export is not None:
+        _validate_modes(export, f"{where}.{kind}.export")
+    return Stage(kind, settings, export)
+
+
+def _validate_modes(modes, where):
+    if not isinstance(modes, list) or not modes:
+        raise RecipeError(f"{where} must be a non-empty list of modes: {', '.join(EXPORT_MODES)}")
+    for mode in modes:
+        if mode not in EXPORT_MODES:
+            raise RecipeError(f"{where}: unknown mode {mode!r}; valid: {', '.join(EXPORT_MODES)}")
+
+
+def recipe_from_dict(values):
+    """Builds and validates a Recipe from plain data (a parsed YAML/JSON document)."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"a recipe must be a mapping at the top level, got {type(values).__name__}")
+    values = dict(values)
+    sections = {"data": DataConfig, "teacher": ModelSpec, "student": ModelSpec,
+                "export": ExportConfig, "benchmark": BenchmarkConfig}
+    parsed = {name: _from_dict(cls, values.pop(name, None), name)
+              for name, cls in sections.items()}
+    stages = values.pop("stages", None) or []
+    if not isinstance(stages, list):
+        raise RecipeError(f"stages must be a list, got {stages!r}")
+    recipe = _from_dict(Recipe, values, "recipe")
+    for name, section in parsed.items():
+        setattr(recipe, name, section)
+    recipe.stages = [_parse_stage(item, i) for i, item in enumerate(stages)]
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe):
+    """Cross-section checks; raises RecipeError."""
+    if isinstance(recipe.seed, bool) or not isinstance(recipe.seed, int) or recipe.seed < 0:
+        raise RecipeError(f"recipe.seed must be an integer >= 0, got {recipe.seed!r}")
+    recipe.data.validate("data")
+    recipe.teacher.validate("teacher")
+    recipe.student.validate("student")
+    _validate_modes(recipe.export.modes, "export.modes")
+    _positive(recipe.export.batch_size, "export.batch_size")
+    if not isinstance(recipe.benchmark.devices, list):
+        raise RecipeError("benchmark.devices must be a list of device profile names "
+                          "(tfcompress bench --list-devices)")
+    _positive(recipe.benchmark.runs, "benchmark.runs")
+    kinds = [s.kind for s in recipe.stages]
+    if not recipe.teacher.given:
+        raise RecipeError("teacher: give model (a zoo name, trained by a train stage) or path "
+                          "(a saved model file)")
+    if recipe.teacher.model and kinds[:1] != ["train"]:
+        raise RecipeError(f"teacher.model {recipe.teacher.model!r} is a zoo model with random "
+                          "weights: start stages with a train stage, or give teacher.path")
+    if "train" in kinds[1:]:
+        raise RecipeError("stages: a train stage may only come first (it trains the teacher)")
+    if "distill" in kinds and not recipe.student.given:
+        raise RecipeError("a distill stage needs a student: set student.model (a zoo name) "
+                          "or student.path")
+    if kinds.count("distill") > 1:
+        raise RecipeError("stages: at most one distill stage")
+    for i, kind in enumerate(kinds):
+        if kind == "qat" and i != len(kinds) - 1:
+            raise RecipeError(f"stages[{i}]: qat must be the last stage (its model is "
+                              f"fake-quantized; later stages cannot take it)")
+    return recipe
+
+
+# ----------------------------------------------------------------------------- loading
+
+def list_recipes():
+    """{name: description} of the built-in recipes."""
+    out = {}
+    for file in sorted(os.listdir(RECIPE_DIR)):
+        if file.endswith(".yaml"):
+            out[file[:-5]] = _read(os.path.join(RECIPE_DIR, file)).get("description", "")
+    return out
+
+
+def _read(path):
+    import yaml
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from e
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)  # safe: plain data only, never Python objects
+    except (yaml.YAMLError, ValueError) as e:
+        raise RecipeError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                          f"{' '.join(str(e).split())}") from e
+
+
+def _apply_override(values, override):
+    """KEY.PATH=VALUE (VALUE parsed as YAML) into the nested dict/list `values`."""
+    import yaml
+    if "=" not in override:
+        raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.train.epochs=1")
+    path, raw = override.split("=", 1)
+    keys = path.strip().split(".")
+    target = values
+    for key in keys[:-1]:
+        if isinstance(target, list):
+            if not key.isdigit() or int(key) >= len(target):
+                raise RecipeError(f"--set {path}: no list item {key!r}")
+            target = target[int(key)]
+        else:
+            target = target.setdefault(key, {})
+    last = keys[-1]
+    value = yaml.safe_load(raw)
+    if isinstance(target, list):
+        if not last.isdigit() or int(last) >= len(target):
+            raise RecipeError(f"--set {path}: no list item {last!r}")
+        target[int(last)] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise RecipeError(f"--set {path}: {'.'.join(keys[:-1])} is not a mapping")
+
+
+def load_recipe(name_or_path, overrides=()):
+    """A built-in recipe by name, or a YAML/JSON file; `overrides` are KEY=VALUE strings."""
+    if os.path.isfile(name_or_path):
+        path = name_or_path
+    elif os.path.sep not in name_or_path and not name_or_path.endswith((".yaml", ".yml", ".json")):
+        path = os.path.join(RECIPE_DIR, name_or_path + ".yaml")
+        if not os.path.isfile(path):
+            raise RecipeError(f"no built-in recipe {name_or_path!r}; built-in: "
+                              f"{', '.join(list_recipes())} (or give a YAML/JSON file)")
+    else:
+        raise RecipeError(f"recipe file {name_or_path} does not exist")
+    values = _read(path)
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    for override in overrides:
+        _apply_override(values, override)
+    try:
+        return recipe_from_dict(values)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None

@@ -1,0 +1,177 @@
+"""The compression pipeline: run a recipe's stages, then export, evaluate, inspect and benchmark.
+
+`run(recipe, out_dir)` executes the stages in order. Stage N writes into
+`out_dir/NN-kind/`:
+
+    model.keras     the stage's output model (a QAT model for `qat`)
+    metrics.json    Keras test accuracy, parameters, epochs, training seconds, history
+    tflite/         the model in each of the stage's export modes
+    variants.json   per mode: interpreter accuracy, sizes, non-zero weights, Edge TPU
+                    verdict, latency per device profile
+    manifest.json   written last: the stage's recipe hash; its presence means "done"
+
+A rerun skips every stage whose manifest has the same hash (change a stage's
+settings and it and the stages after it run again), resumes an interrupted stage
+from `backup/` (Keras BackupAndRestore, at the last finished epoch), and with
+`force=True` redoes everything. A teacher given as a file is stage `00-input`.
+Finally `report.json`, `report.md` and `pareto.png` are written (tfcompress.report).
+
+Example:
+    from tfcompress import config, pipeline
+    report = pipeline.run(config.load_recipe("fashion_mnist"), "runs/demo")
+    print(open("runs/demo/report.md").read())
+"""
+
+import json
+import os
+import shutil
+import time
+
+from tfcompress import config as config_lib
+from tfcompress import data as data_lib
+from tfcompress import stages as stages_lib
+from tfcompress.errors import TfcompressError
+from tfcompress.keras import keras
+from tfcompress.saving import load_model, save_model, write_json_atomic
+
+
+class PipelineError(TfcompressError, ValueError):
+    """A recipe cannot run as given (missing model file, data that does not fit...)."""
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _stage_dirs(recipe):
+    """[(index, kind, dir name)] including 00-input for a teacher given as a file."""
+    out = []
+    if recipe.teacher.path:
+        out.append((-1, "input", "00-input"))
+    for i, stage in enumerate(recipe.stages):
+        out.append((i, stage.kind, f"{i + 1:02d}-{stage.kind}"))
+    return out
+
+
+def _input_hash(recipe):
+    path = recipe.teacher.path
+    stat = os.stat(path)
+    return config_lib.digest([os.path.abspath(path), stat.st_size, int(stat.st_mtime)])
+
+
+def _load_stage_model(stage_dir, kind):
+    path = os.path.join(stage_dir, "model.keras")
+    if kind == "qat":
+        from tfcompress import quantization
+        return quantization.load_qat_model(path)
+    return load_model(path)
+
+
+def _check_model_fits(model, ds, what):
+    if tuple(model.input_shape[1:]) != tuple(ds.input_shape):
+        raise PipelineError(f"{what} takes inputs of shape {tuple(model.input_shape[1:])} but "
+                            f"the data {ds.source} has {tuple(ds.input_shape)}; fix data.dataset "
+                            f"or the model")
+    if model.output_shape[-1] != ds.num_classes:
+        raise PipelineError(f"{what} has {model.output_shape[-1]} outputs but the data has "
+                            f"{ds.num_classes} classes")
+
+
+def _build(spec, ds, what):
+    import models
+    if spec.path:
+        if not os.path.exists(spec.path):
+            raise PipelineError(f"{what}.path {spec.path}: no such file or directory")
+        model = load_model(spec.path)
+    else:
+        model = models.get_model(spec.model, ds.input_shape, ds.num_classes, **spec.options)
+    _check_model_fits(model, ds, f"{what} {spec.path or spec.model}")
+    return model
+
+
+def load_data(recipe):
+    """The recipe's data set, with training rows subsampled as the recipe says."""
+    ds = data_lib.load_dataset(recipe.data.dataset, test_fraction=recipe.data.test_fraction,
+                               seed=recipe.seed)
+    x, y = data_lib.subsample(ds.x_train, ds.y_train, recipe.data.max_train_samples, recipe.seed)
+    if len(x) == 0 or len(ds.x_test) == 0:
+        raise PipelineError(f"data {recipe.data.dataset}: the training or test split is empty")
+    return ds, x, y
+
+
+def run(recipe, out_dir, force=False, log=print, verbose=None):
+    """Runs `recipe` into `out_dir` (see the module docstring); returns the report dict."""
+    from tfcompress import report as report_lib
+    from tfcompress import variants as variants_lib
+    start = time.time()
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, "recipe.json"), recipe.to_dict())
+    ds, x_train, y_train = load_data(recipe)
+    log(f"recipe {recipe.name}: {ds.summary()}; {len(x_train)} training samples; "
+        f"stages: {', '.join(s.kind for s in recipe.stages) or 'none'}; out {out_dir}")
+    calibration = data_lib.calibration_samples(x_train, recipe.data.calibration_samples,
+                                               seed=recipe.seed)
+    steps = _stage_dirs(recipe)
+    model, rerun_rest, kinds_done = None, force, []
+    for n, (index, kind, name) in enumerate(steps, start=1):
+        stage_dir = os.path.join(out_dir, name)
+        stage_hash = _input_hash(recipe) if kind == "input" else recipe.stage_hash(index)
+        manifest = _read_json(os.path.join(stage_dir, "manifest.json"))
+        t0 = time.time()
+        if not rerun_rest and manifest and manifest.get("hash") == stage_hash:
+            log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
+            model = _load_stage_model(stage_dir, kind)
+        else:
+            pending = _read_json(os.path.join(stage_dir, "pending.json"))
+            if rerun_rest or (pending or {}).get("hash") != stage_hash:
+                shutil.rmtree(stage_dir, ignore_errors=True)  # a different recipe's leftovers
+            rerun_rest = True  # later stages take this stage's new model
+            os.makedirs(stage_dir, exist_ok=True)
+            write_json_atomic(os.path.join(stage_dir, "pending.json"), {"hash": stage_hash})
+            log(f"[{n}/{len(steps)}] {name}: running")
+            model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir,
+                                   kinds_done, log, verbose)
+            save_model(model, os.path.join(stage_dir, "model.keras"))
+            info["seconds"] = round(time.time() - t0, 2)
+            write_json_atomic(os.path.join(stage_dir, "metrics.json"), info)
+            write_json_atomic(os.path.join(stage_dir, "manifest.json"),
+                              {"hash": stage_hash, "stage": kind, "name": name,
+                               "index": index, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            os.remove(os.path.join(stage_dir, "pending.json"))
+            log(f"[{n}/{len(steps)}] {name}: trained in {time.time() - t0:.0f} s, Keras test "
+                f"accuracy {info['keras_test_accuracy']:.4f}")
+        kinds_done.append(kind)
+        modes = recipe.stage_modes(index) if index >= 0 else list(recipe.export.modes)
+        # Exports, accuracies and timings depend on the model and on these settings.
+        variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
+                                         recipe.to_dict()["benchmark"], recipe.data.eval_samples,
+                                         recipe.data.calibration_samples])
+        variants_lib.build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds,
+                                    calibration, force=rerun_rest, log=log)
+        log(f"[{n}/{len(steps)}] {name}: finished in {time.time() - t0:.0f} s")
+    report = report_lib.build_report(out_dir)
+    report_lib.write_report(out_dir, report)
+    log(f"pipeline finished in {time.time() - start:.0f} s; report in "
+        f"{os.path.join(out_dir, 'report.md')}")
+    return report
+
+
+def _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir, kinds_done, log,
+             verbose):
+    ctx = stages_lib.StageContext(x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir,
+                                  seed=recipe.seed, verbose=verbose, log=log,
+                                  earlier_stages=tuple(kinds_done),
+                                  student_builder=lambda: _build(recipe.student, ds, "student"))
+    if kind == "input":
+        model = _build(recipe.teacher, ds, "teacher")
+        return model, {"keras_test_accuracy": stages_lib.keras_accuracy(model, ctx),
+                       "parameters": int(model.count_params()), "source": recipe.teacher.path}
+    if model is None:  # a train stage first: the teacher from the zoo
+        keras.utils.set_random_seed(recipe.seed)
+        model = _build(recipe.teacher, ds, "teacher")
+    settings = recipe.stages[index].settings
+    return stages_lib.run_stage(kind, model, settings, ctx)

@@ -1,0 +1,258 @@
+"""The pipeline's report: `report.json` (for scripts), `report.md` (for people), `pareto.png`.
+
+`build_report(out_dir)` reads what the pipeline left in `out_dir` (recipe.json,
+each stage's metrics.json and variants.json) so `tfcompress report DIR`
+re-renders a report without running anything. The JSON schema is in the README
+("report.json").
+
+Example:
+    report = build_report("runs/demo")
+    write_report("runs/demo", report)       # report.json, report.md, pareto.png
+    print(format_markdown(report))
+"""
+
+import datetime
+import json
+import os
+import platform
+
+from tfcompress.errors import TfcompressError
+from tfcompress.saving import write_bytes_atomic, write_json_atomic
+
+SCHEMA = "tfcompress.report/1"
+PHONE_NOTE = ("Latency was measured on this host's CPU under each device profile; it is not a "
+              "phone's latency. A phone cannot be emulated for timing on an x86 host: compare "
+              "variants with each other here, and measure on the phone itself.")
+
+
+class ReportError(TfcompressError, ValueError):
+    """An output folder holds no pipeline run to report on."""
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _stage_names(out_dir):
+    names = [d for d in sorted(os.listdir(out_dir))
+             if len(d) > 3 and d[:2].isdigit() and d[2] == "-"
+             and os.path.isfile(os.path.join(out_dir, d, "manifest.json"))]
+    return names
+
+
+def environment():
+    """Versions, CPU and core count of this machine (what the figures were measured on)."""
+    from importlib import metadata
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+                    "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"versions": versions, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "usable_cores": usable, "platform": platform.platform(), "note": PHONE_NOTE}
+
+
+def pareto_front(points):
+    """Indices of the points (cost, accuracy) no other point beats on both (lower cost, higher acc)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _first_device(variants):
+    for row in variants:
+        for device, lat in row["latency"].items():
+            if "median_ms" in lat:
+                return device
+    return None
+
+
+def build_report(out_dir):
+    """Collects a pipeline run in `out_dir` into the report dict (see the README)."""
+    recipe_path = os.path.join(out_dir, "recipe.json")
+    if not os.path.isfile(recipe_path):
+        raise ReportError(f"{out_dir} holds no pipeline run (no recipe.json); run "
+                          f"`tfcompress run --recipe NAME --out {out_dir}` first")
+    recipe = _read(recipe_path)
+    stages, variants = [], []
+    for name in _stage_names(out_dir):
+        stage_dir = os.path.join(out_dir, name)
+        manifest = _read(os.path.join(stage_dir, "manifest.json"))
+        metrics = _read(os.path.join(stage_dir, "metrics.json"))
+        stages.append({"name": name, "kind": manifest["stage"],
+                       **{k: v for k, v in metrics.items() if k != "history"}})
+        variants_path = os.path.join(stage_dir, "variants.json")
+        if os.path.isfile(variants_path):
+            for row in _read(variants_path)["variants"]:
+                variants.append({"stage": name, "kind": manifest["stage"], **row})
+    if not stages:
+        raise ReportError(f"{out_dir} has no finished stage yet")
+    baseline = next((v for v in variants if v["mode"] == "float32"), variants[0] if variants
+                    else None)
+    for row in variants:
+        row["delta_points"] = (None if baseline is None or row.get("top1") is None else
+                               round(100 * (row["top1"] - baseline["top1"]), 2))
+        row["compression"] = (round(baseline["gzip_bytes"] / row["gzip_bytes"], 2)
+                              if baseline else None)
+    device = _first_device(variants)
+    size_front = pareto_front([(v["gzip_bytes"], v["top1"]) for v in variants])
+    timed = [i for i, v in enumerate(variants) if "median_ms" in v["latency"].get(device, {})]
+    latency_front = [timed[i] for i in pareto_front(
+        [(variants[j]["latency"][device]["median_ms"], variants[j]["top1"]) for j in timed])]
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "out_dir": os.path.abspath(out_dir),
+        "recipe": recipe,
+        "environment": environment(),
+        "baseline": None if baseline is None else {
+            "stage": baseline["stage"], "mode": baseline["mode"], "top1": baseline["top1"],
+            "gzip_bytes": baseline["gzip_bytes"], "file_bytes": baseline["file_bytes"]},
+        "stages": stages,
+        "variants": variants,
+        "pareto": {"gzip_bytes": sorted(size_front), "latency": sorted(latency_front),
+                   "latency_device": device},
+    }
+
+
+def _ms(lat, key):
+    if "error" in lat:
+        return "error"
+    return f"{lat[key]:.3f}" if key in lat else "-"
+
+
+def format_table(report):
+    """The variants table in Markdown."""
+    variants = report["variants"]
+    devices = sorted({d for v in variants for d in v["latency"]})
+    header = ["stage", "format", "top-1", "Δ pts", "file bytes", "gzip bytes", "compression",
+              "non-zero weights"]
+    for d in devices:
+        header += [f"{d} median ms", f"{d} p90 ms"]
+    header.append("Edge TPU")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in variants:
+        delta = "" if v["delta_points"] is None else f"{v['delta_points']:+.2f}"
+        cells = [v["stage"], v["mode"], f"{100 * v['top1']:.2f}%", delta,
+                 f"{v['file_bytes']:,}", f"{v['gzip_bytes']:,}", f"{v['compression']:.1f}x",
+                 f"{v['nonzero_parameters']:,} / {v['parameters']:,}"]
+        for d in devices:
+            lat = v["latency"].get(d, {})
+            cells += [_ms(lat, "median_ms"), _ms(lat, "p90_ms")]
+        tpu = v["edgetpu"]
+        ops = f"{tpu['ops_on_edgetpu']}/{tpu['ops_on_edgetpu'] + tpu['ops_on_cpu']} ops"
+        cells.append(f"yes ({ops})" if tpu["compatible"] else f"no ({ops})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_markdown(report):
+    """The whole report.md."""
+    recipe = report["recipe"]
+    base = report["baseline"]
+    env = report["environment"]
+    lines = [f"# tfcompress report: {recipe['name']}", "",
+             recipe.get("description") or "", "",
+             f"Created {report['created']}. Accuracy is top-1 through the TFLite interpreter on "
+             f"the test split; Δ pts is against the float baseline "
+             + (f"({base['stage']} {base['mode']}, {100 * base['top1']:.2f}%); compression is "
+                f"its gzip bytes over the variant's." if base else "."), "",
+             format_table(report), "",
+             "## Stages", "",
+             "| stage | seconds | training seconds | Keras test accuracy | parameters |",
+             "|---|---|---|---|---|"]
+    for s in report["stages"]:
+        lines.append(f"| {s['name']} | {s.get('seconds', '-')} | {s.get('train_seconds', '-')} "
+                     f"| {100 * s['keras_test_accuracy']:.2f}% | {s.get('parameters', 0):,} |")
+    front = report["pareto"]
+    names = [f"{report['variants'][i]['stage']} {report['variants'][i]['mode']}"
+             for i in front["gzip_bytes"]]
+    lines += ["", f"Pareto front, accuracy against gzip size: {', '.join(names)}."]
+    if front["latency_device"]:
+        names = [f"{report['variants'][i]['stage']} {report['variants'][i]['mode']}"
+                 for i in front["latency"]]
+        lines.append(f"Pareto front, accuracy against {front['latency_device']} median latency: "
+                     f"{', '.join(names)}.")
+    lines += ["", "![pareto](pareto.png)", "",
+              "## Environment", "",
+              f"{env['cpu']}; {env['usable_cores']} usable of {env['cpu_count']} cores; "
+              f"{env['platform']}.", "",
+              ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
+              env["note"], "",
+              "## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(report, path):
+    """pareto.png: accuracy against gzip bytes and against latency, front marked.
+
+    Returns the path, or None when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    variants = report["variants"]
+    device = report["pareto"]["latency_device"]
+    panels = [("gzip bytes", lambda v: v["gzip_bytes"], report["pareto"]["gzip_bytes"])]
+    if device:
+        panels.append((f"{device} median latency (ms)",
+                       lambda v: v["latency"].get(device, {}).get("median_ms"),
+                       report["pareto"]["latency"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (label, cost, front) in zip(axes[0], panels):
+        for i, v in enumerate(variants):
+            x = cost(v)
+            if x is None:
+                continue
+            ax.scatter(x, 100 * v["top1"], color="tab:red" if i in front else "tab:blue", zorder=3)
+            ax.annotate(f"{v['stage'][3:]} {v['mode']}", (x, 100 * v["top1"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        pts = sorted((cost(variants[i]), 100 * variants[i]["top1"]) for i in front)
+        if pts:
+            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:red",
+                    alpha=0.6, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(label + " (log)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(f"{report['recipe']['name']}: accuracy against size and latency")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    with open(tmp, "rb") as f:
+        data = f.read()
+    os.remove(tmp)
+    return write_bytes_atomic(path, data)
+
+
+def write_report(out_dir, report):
+    """Writes report.json, report.md and pareto.png atomically; returns their paths."""
+    paths = {"json": write_json_atomic(os.path.join(out_dir, "report.json"), report),
+             "markdown": write_bytes_atomic(os.path.join(out_dir, "report.md"),
+                                            format_markdown(report).encode())}
+    png = plot_pareto(report, os.path.join(out_dir, "pareto.png"))
+    if png:
+        paths["plot"] = png
+    return paths

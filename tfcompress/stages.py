@@ -1,0 +1,183 @@
+"""The pipeline's Keras stages: each takes a model and returns a model (Keras -> Keras).
+
+`train`, `distill`, `prune`, `cluster` and `qat` glue the technique modules
+(`distillation`, `pruning`, `clustering`, `quantization`) to `fit`: compile with
+Adam on a cosine-decayed learning rate, train with `BackupAndRestore` in
+`work_dir/backup` so a killed stage resumes from its last finished epoch, and
+return the plain (stripped) model plus a dict of facts for the report.
+
+Example:
+    ctx = StageContext(x_train, y_train, x_test, y_test, work_dir="runs/x/03-prune")
+    model, info = run_stage("prune", model, PruneStage(sparsity=0.8, epochs=3), ctx)
+"""
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from tfcompress.keras import keras
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What every stage needs besides its own settings."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    work_dir: str
+    seed: int = 0
+    verbose: Optional[int] = None            # Keras fit verbosity; None: bar on a tty, else a line an epoch
+    log: Callable = print
+    student_builder: Optional[Callable] = None  # () -> a fresh student model (distill)
+    earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
+    callbacks: tuple = ()                    # extra Keras callbacks
+
+
+def _verbosity(ctx):
+    if ctx.verbose is not None:
+        return ctx.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def compile_for_training(model, learning_rate, total_steps):
+    """Adam with cosine decay over `total_steps`, sparse cross-entropy, accuracy."""
+    # Cosine decay to 1% over the phase: a few CPU epochs get most of the accuracy.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps),
+                                                      alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def steps_per_epoch(ctx, batch_size):
+    return int(np.ceil(len(ctx.x_train) / batch_size))
+
+
+def fit(model, ctx, epochs, batch_size, callbacks=()):
+    """`model.fit` with resume: returns {"epochs", "train_seconds", "history"}.
+
+    The backup in `ctx.work_dir/backup` is the resume point; Keras deletes its
+    checkpoint when fit finishes and we remove the folder.
+    """
+    backup = os.path.join(ctx.work_dir, "backup")
+    if os.path.isdir(backup) and os.listdir(backup):
+        ctx.log(f"  resuming from the backup in {backup}")
+    all_callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks, *ctx.callbacks]
+    start = time.time()
+    history = model.fit(ctx.x_train, ctx.y_train, batch_size=batch_size, epochs=epochs,
+                        shuffle=True, callbacks=all_callbacks, verbose=_verbosity(ctx))
+    seconds = time.time() - start
+    shutil.rmtree(backup, ignore_errors=True)
+    return {"epochs": epochs, "train_seconds": round(seconds, 2),
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
+
+
+def keras_accuracy(model, ctx):
+    """Top-1 accuracy of a Keras model on the test split."""
+    if not model._is_compiled:
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return float(model.evaluate(ctx.x_test, ctx.y_test, batch_size=256, verbose=0)[1])
+
+
+# ----------------------------------------------------------------------------- stages
+
+def train_stage(model, settings, ctx):
+    """Trains `model` (the teacher) on the training split."""
+    compile_for_training(model, settings.learning_rate,
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+    info = fit(model, ctx, settings.epochs, settings.batch_size) if settings.epochs else {}
+    return model, info
+
+
+def distill_stage(teacher, settings, ctx):
+    """Distills `teacher` into a fresh student from `ctx.student_builder`."""
+    from tfcompress import distillation
+    student = ctx.student_builder()
+    distiller = distillation.Distiller(
+        teacher, student,
+        distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
+        student_loss_weight=settings.alpha)
+    compile_for_training(distiller, settings.learning_rate,
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+    info = fit(distiller, ctx, settings.epochs, settings.batch_size)
+    info["teacher_parameters"] = int(teacher.count_params())
+    info["student_parameters"] = int(distiller.student.count_params())
+    return distiller.student, info
+
+
+def prune_stage(model, settings, ctx):
+    """Magnitude pruning to `settings.sparsity`; returns the stripped, sparse model."""
+    from tfcompress import pruning, schedules
+    steps = steps_per_epoch(ctx, settings.batch_size)
+    structured_nm = bool(settings.structure and ":" in settings.structure)
+    config = pruning.PruningConfig(
+        target_sparsity=None if structured_nm else settings.sparsity,
+        schedule=schedules.get(settings.schedule), structure=settings.structure,
+        skip_first_and_last=settings.skip_first_and_last, exclude=tuple(settings.exclude))
+    pruned = pruning.prune(model, config, steps_per_epoch=steps, total_epochs=settings.epochs)
+    compile_for_training(pruned, settings.learning_rate, settings.epochs * steps)
+    info = fit(pruned, ctx, settings.epochs, settings.batch_size,
+               callbacks=pruning.pruning_callbacks())
+    stripped = pruning.strip_pruning(pruned)
+    report = pruning.sparsity_report(stripped)
+    info["sparsity"] = report["total"]["sparsity"] if "total" in report else None
+    return stripped, info
+
+
+def cluster_stage(model, settings, ctx):
+    """Weight clustering; sparsity-preserving when asked (the default)."""
+    from tfcompress import clustering
+    config = clustering.ClusteringConfig(number_of_clusters=settings.clusters,
+                                         init=settings.init,
+                                         preserve_sparsity=settings.preserve_sparsity)
+    clustered = clustering.cluster(model, config)
+    compile_for_training(clustered, settings.learning_rate,
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+    info = fit(clustered, ctx, settings.epochs, settings.batch_size)
+    stripped = clustering.strip_clustering(clustered)
+    report = clustering.unique_values_report(stripped)
+    info["max_unique_values"] = max((row["unique_values"] for row in report), default=None)
+    return stripped, info
+
+
+def qat_scheme(settings, earlier_stages):
+    """The QAT scheme; "auto" keeps what earlier stages made (zeros, centroids)."""
+    if settings.scheme != "auto":
+        return settings.scheme
+    pruned, clustered = "prune" in earlier_stages, "cluster" in earlier_stages
+    if pruned and clustered:
+        return "prune_cluster_preserving"
+    return "prune_preserving" if pruned else "cluster_preserving" if clustered else "default"
+
+
+def qat_stage(model, settings, ctx):
+    """Quantization-aware training; returns the QAT model (it converts to int8 as is)."""
+    from tfcompress import quantization
+    scheme = qat_scheme(settings, ctx.earlier_stages)
+    qat_model = quantization.quantize(
+        model, quantization.QATConfig(scheme=scheme, per_tensor=settings.per_tensor))
+    compile_for_training(qat_model, settings.learning_rate,
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+    info = fit(qat_model, ctx, settings.epochs, settings.batch_size)
+    info["scheme"] = scheme
+    return qat_model, info
+
+
+STAGE_FUNCTIONS = {"train": train_stage, "distill": distill_stage, "prune": prune_stage,
+                   "cluster": cluster_stage, "qat": qat_stage}
+
+
+def run_stage(kind, model, settings, ctx):
+    """Runs stage `kind`; returns (model, info) with test accuracy and parameters in info."""
+    keras.utils.set_random_seed(ctx.seed)
+    model, info = STAGE_FUNCTIONS[kind](model, settings, ctx)
+    info["keras_test_accuracy"] = keras_accuracy(model, ctx)
+    info["parameters"] = int(model.count_params())
+    return model, info

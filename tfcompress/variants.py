@@ -1,0 +1,102 @@
+"""A stage's TFLite variants: export in each mode, then measure every file.
+
+For each mode, `build_variants` converts the stage's model, writes
+`STAGE_DIR/tflite/NAME_MODE.tflite`, evaluates it through the interpreter on the
+test split, inspects it (sizes, parameters, zeros, full-integer, Edge TPU
+fitness) and benchmarks it on the recipe's device profiles, each model in its own
+process. The rows go to `STAGE_DIR/variants.json`, which a rerun with the same
+hash reuses.
+
+Example:
+    rows = build_variants(model, "runs/demo/03-prune", "03-prune", ["float32", "int8_full"],
+                          "abc123", recipe, ds, calibration)
+    rows[1]["top1"], rows[1]["gzip_bytes"], rows[1]["latency"]["host-1t"]["median_ms"]
+"""
+
+import os
+
+from tfcompress.saving import write_json_atomic
+
+
+def _read_variants(path, variant_hash):
+    import json
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved["variants"] if saved.get("hash") == variant_hash else None
+
+
+def _measure(path, mode, ds, recipe):
+    from tflite_export.evaluate import evaluate_tflite
+    from tflite_export.inspect import edgetpu_report, inspect_tflite
+    info = inspect_tflite(path)
+    evaluation = evaluate_tflite(path, ds.x_test, ds.y_test, top_k=(1,), progress=False,
+                                 max_samples=recipe.data.eval_samples)
+    edgetpu = edgetpu_report(path)
+    parameters = info["parameters"]
+    return {
+        "mode": mode, "file": path,
+        "top1": evaluation["top1"], "eval_samples": evaluation["samples"],
+        "file_bytes": info["file_bytes"], "gzip_bytes": info["gzip_bytes"],
+        "parameters": parameters,
+        "nonzero_parameters": int(round(parameters * (1 - info["zero_fraction"]))),
+        "zero_fraction": info["zero_fraction"], "macs": info["macs"],
+        "is_full_integer": info["is_full_integer"],
+        "edgetpu": {"compatible": edgetpu["compatible"],
+                    "ops_on_edgetpu": edgetpu["ops_on_edgetpu"],
+                    "ops_on_cpu": edgetpu["ops_on_cpu"],
+                    "first_unsupported_op": edgetpu["first_unsupported_op"]},
+        "latency": {},
+    }
+
+
+def _benchmark(rows, recipe, log):
+    """Adds latency per device profile to each row (in place); errors become row entries."""
+    bench = recipe.benchmark
+    if not bench.devices or not rows:
+        return
+    from tflite_export import benchmark
+    result = benchmark.benchmark_models(
+        [row["file"] for row in rows], devices=tuple(bench.devices), runs=bench.runs,
+        min_seconds=bench.min_seconds, warmup=bench.warmup, seed=recipe.seed,
+        devices_file=bench.devices_file, log=log)
+    by_file = {row["file"]: row for row in rows}
+    for entry in result["results"]:
+        row = by_file.get(entry["model"])
+        if row is None:
+            continue
+        if entry.get("error"):
+            row["latency"][entry["device"]] = {"error": entry["error"]}
+        else:
+            row["latency"][entry["device"]] = {
+                key: entry[key] for key in ("median_ms", "p90_ms", "min_ms", "mean_ms",
+                                            "p99_ms", "std_ms", "peak_rss_bytes")
+                if key in entry}
+
+
+def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, calibration,
+                   force=False, log=print):
+    """Exports `model` in `modes` and measures each file; returns the rows (see module doc)."""
+    from tflite_export.convert import convert, is_qat_model, write_tflite
+    path = os.path.join(stage_dir, "variants.json")
+    if not force:
+        rows = _read_variants(path, variant_hash)
+        if rows is not None:
+            return rows
+    tflite_dir = os.path.join(stage_dir, "tflite")
+    # A QAT model carries its own ranges: calibrating it again would override them.
+    calib = None if is_qat_model(model) else calibration
+    rows = []
+    for mode in modes:
+        log(f"  {name}: converting to {mode}, evaluating through the interpreter")
+        data = convert(model, mode, representative_data=calib,
+                       batch_size=recipe.export.batch_size)
+        file = write_tflite(data, os.path.join(tflite_dir, f"{name}_{mode}.tflite"))
+        rows.append(_measure(file, mode, ds, recipe))
+    if recipe.benchmark.devices:
+        log(f"  {name}: benchmarking {len(rows)} file(s) on {', '.join(recipe.benchmark.devices)}")
+    _benchmark(rows, recipe, log)
+    write_json_atomic(path, {"hash": variant_hash, "variants": rows})
+    return rows
