@@ -27,9 +27,10 @@ data: $(STAMP)
 	fi
 	$(PY) -m tfcompress.data fashion_mnist
 
+# The main job: the fashion_mnist recipe (train, distill, prune, QAT; export, evaluate,
+# benchmark), ending in runs/demo/report.md, report.json and pareto.png.
 demo: data
-	$(PY) -m models.train --model=small_cnn --dataset=fashion_mnist --epochs=5 \
-	    --model_dir=runs/demo-baseline
+	$(PY) -m tfcompress.cli run --recipe fashion_mnist --out runs/demo
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 test: data
@@ -41,6 +42,7 @@ test-all: data
 # Performance figures (not tests): pruning quality, size and training-step cost.
 bench: data
 	$(PY) -m models.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
+	$(PY) -m models.bench_tflite --out=runs/bench-tflite
 
 clean:
 	rm -rf runs build *.egg-info

@@ -10,6 +10,9 @@ Example:
     tfcompress train --model=ds_cnn --dataset=npz:clips.npz --model_options=size=S
     tfcompress train --init_model=runs/baseline/model.keras --epochs=0 \
         --prune_sparsity=0.8 --prune_epochs=3 --model_dir=runs/pruned
+    tfcompress train --model=small_cnn --model_options=width=8 \
+        --teacher=runs/baseline/model.keras --distill_temperature=4 --distill_alpha=0.5 \
+        --prune_sparsity=0.8 --cluster_clusters=16 --qat --model_dir=runs/student
 """
 
 import sys
@@ -48,6 +51,22 @@ flags.DEFINE_float("prune_learning_rate", None, "Peak learning rate while prunin
 flags.DEFINE_bool("prune_skip_first_and_last", True,
                   "Leave the first and last prunable layers (stem, classifier) dense.")
 flags.DEFINE_list("prune_exclude", [], "Layer names/regexes/types to leave dense.")
+flags.DEFINE_string("teacher", None, "Distill this saved model (.keras/.h5/SavedModel) into the "
+                    "zoo --model for --epochs instead of training it on labels alone.")
+flags.DEFINE_float("distill_temperature", 4.0, "Softmax temperature of the soft targets.")
+flags.DEFINE_float("distill_alpha", 0.5, "Weight of the student's hard-label loss; the "
+                   "distillation loss gets 1 - alpha.")
+flags.DEFINE_integer("cluster_clusters", None, "Cluster weights to this many centroids per "
+                     "kernel after pruning (sparsity-preserving when pruned).", lower_bound=2)
+flags.DEFINE_integer("cluster_epochs", 1, "Fine-tuning epochs while clustering.", lower_bound=1)
+flags.DEFINE_float("cluster_learning_rate", 1e-4, "Peak learning rate while clustering.")
+flags.DEFINE_bool("qat", False, "Finish with quantization-aware training (prune/cluster "
+                  "preserving as needed); model.keras is then the QAT model.")
+flags.DEFINE_integer("qat_epochs", 1, "Quantization-aware training epochs.", lower_bound=1)
+flags.DEFINE_float("qat_learning_rate", 1e-4, "Peak learning rate of QAT.")
+flags.DEFINE_enum("qat_scheme", "auto", ["auto", "default", "prune_preserving",
+                                         "cluster_preserving", "prune_cluster_preserving"],
+                  "QAT scheme; auto keeps what pruning/clustering made.")
 
 
 def parse_model_options(items):
@@ -78,7 +97,12 @@ def _train():
         prune_structure=FLAGS.prune_structure, prune_epochs=FLAGS.prune_epochs,
         prune_learning_rate=FLAGS.prune_learning_rate,
         prune_skip_first_and_last=FLAGS.prune_skip_first_and_last,
-        prune_exclude=tuple(FLAGS.prune_exclude))
+        prune_exclude=tuple(FLAGS.prune_exclude), teacher=FLAGS.teacher,
+        distill_temperature=FLAGS.distill_temperature, distill_alpha=FLAGS.distill_alpha,
+        cluster_clusters=FLAGS.cluster_clusters, cluster_epochs=FLAGS.cluster_epochs,
+        cluster_learning_rate=FLAGS.cluster_learning_rate, qat=FLAGS.qat,
+        qat_epochs=FLAGS.qat_epochs, qat_learning_rate=FLAGS.qat_learning_rate,
+        qat_scheme=FLAGS.qat_scheme)
     result = train(config)
     m = result.metrics
     if "sparsity" in m:

@@ -12,6 +12,17 @@ fine-tuned for `prune_epochs` (backup in `backup-prune/`); `model.keras` is
 the stripped, sparse model and `metrics.json` adds the dense accuracy and the
 sparsity report. A rerun after an interruption reuses `dense.keras`.
 
+With `teacher` set, the dense phase distills that saved model into the new zoo
+model (`tfcompress.distillation`, Hinton soft targets at `distill_temperature`,
+student loss weight `distill_alpha`). `cluster_clusters` adds weight clustering
+(sparsity-preserving after pruning) and `qat` quantization-aware training (with
+the scheme that keeps zeros and centroids); they run in that order after
+pruning, through the same stage functions as `tfcompress run` recipes
+(`tfcompress.stages`). With `qat`, `model.keras` is the QAT model: export it
+with `tfcompress export --mode int8_full` (no calibration needed). A rerun after
+an interruption in the cluster or QAT phase reuses `dense.keras`, redoes the
+(deterministic) pruning phase and resumes the interrupted phase from `backup/`.
+
 Example:
     result = train(TrainConfig(model="small_cnn", dataset="fashion_mnist",
                                epochs=8, model_dir="runs/baseline"))
@@ -53,6 +64,16 @@ class TrainConfig:
     prune_learning_rate: float = None
     prune_skip_first_and_last: bool = True
     prune_exclude: tuple = ()
+    teacher: str = None
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
+    cluster_clusters: int = None
+    cluster_epochs: int = 1
+    cluster_learning_rate: float = 1e-4
+    qat: bool = False
+    qat_epochs: int = 1
+    qat_learning_rate: float = 1e-4
+    qat_scheme: str = "auto"
 
     def validate(self):
         """Raises ValueError naming the first bad field."""
@@ -73,6 +94,31 @@ class TrainConfig:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
         if not self.model_dir:
             raise ValueError("model_dir must be set")
+        if self.teacher is not None:
+            if not self.distill_temperature > 0:
+                raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+            if not 0 <= self.distill_alpha <= 1:
+                raise ValueError(f"distill_alpha (the student loss weight) must be in [0, 1], "
+                                 f"got {self.distill_alpha}")
+            if not os.path.exists(self.teacher):
+                raise ValueError(f"--teacher {self.teacher}: no such file or directory")
+            if not self.epochs:
+                raise ValueError("--teacher needs --epochs >= 1: distillation trains the student")
+        if self.cluster_clusters is not None and self.cluster_clusters < 2:
+            raise ValueError(f"cluster_clusters must be >= 2, got {self.cluster_clusters}")
+        for name in ("cluster_epochs", "qat_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cluster_learning_rate", "qat_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def later_phases(self):
+        """Phases after the dense (or distillation) phase, in order."""
+        return [name for name, on in (("prune", self.prune_sparsity is not None),
+                                      ("cluster", self.cluster_clusters is not None),
+                                      ("qat", self.qat)) if on]
 
 
 @dataclasses.dataclass
@@ -147,6 +193,58 @@ def _prune_phase(model, x, y, config, callbacks):
     return pruning.strip_pruning(pruned), seconds, len(history.epoch)
 
 
+def _stage_context(ds, x, y, config, callbacks, log_name):
+    from tfcompress import stages
+    tensorboard = keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", log_name),
+                                              update_freq="epoch")
+    return stages.StageContext(
+        x, y, ds.x_test, ds.y_test, work_dir=config.model_dir, seed=config.seed,
+        verbose=config.verbose, callbacks=(tensorboard, *callbacks),
+        log=lambda line: print(line, flush=True) if config.verbose else None,
+        earlier_stages=tuple(p for p in ("prune", "cluster") if p in config.later_phases))
+
+def _distill_phase(student, ds, x, y, config, callbacks):
+    """Distills --teacher into the new zoo `student` for config.epochs (tfcompress.stages)."""
+    from tfcompress import config as recipe, stages
+    teacher = load_model(config.teacher)
+    if tuple(teacher.input_shape[1:]) != tuple(ds.input_shape) or \
+            teacher.output_shape[-1] != ds.num_classes:
+        raise ValueError(f"--teacher {config.teacher} takes {teacher.input_shape[1:]} and gives "
+                         f"{teacher.output_shape[-1]} classes; {config.dataset} has "
+                         f"{ds.input_shape} and {ds.num_classes}")
+    ctx = _stage_context(ds, x, y, config, callbacks, "distill")
+    ctx.student_builder = lambda: student
+    settings = recipe.DistillStage(epochs=config.epochs, temperature=config.distill_temperature,
+                                   alpha=config.distill_alpha, learning_rate=config.learning_rate,
+                                   batch_size=config.batch_size)
+    if config.verbose:
+        print(f"distilling {teacher.name} ({teacher.count_params():,} parameters) into "
+              f"{student.name}: T={config.distill_temperature}, student loss weight "
+              f"{config.distill_alpha}", flush=True)
+    return stages.distill_stage(teacher, settings, ctx)
+
+
+def _late_phase(phase, model, ds, x, y, config, callbacks):
+    """Clustering or QAT after the dense/pruning phases (tfcompress.stages)."""
+    from tfcompress import config as recipe, stages
+    ctx = _stage_context(ds, x, y, config, callbacks, phase)
+    if phase == "cluster":
+        settings = recipe.ClusterStage(clusters=config.cluster_clusters,
+                                       epochs=config.cluster_epochs,
+                                       preserve_sparsity=config.prune_sparsity is not None,
+                                       learning_rate=config.cluster_learning_rate,
+                                       batch_size=config.batch_size)
+        ctx.earlier_stages = ("prune",) if config.prune_sparsity is not None else ()
+    else:
+        settings = recipe.QATStage(epochs=config.qat_epochs, scheme=config.qat_scheme,
+                                   learning_rate=config.qat_learning_rate,
+                                   batch_size=config.batch_size)
+    if config.verbose:
+        print(f"{phase}: {config.cluster_epochs if phase == 'cluster' else config.qat_epochs} "
+              f"epoch(s)", flush=True)
+    return stages.STAGE_FUNCTIONS[phase](model, settings, ctx)
+
+
 def train(config, callbacks=(), dataset=None):
     """Trains (and optionally prunes) per `config`; see the module docstring.
 
@@ -165,7 +263,7 @@ def train(config, callbacks=(), dataset=None):
     keras.utils.set_random_seed(config.seed)
     os.makedirs(config.model_dir, exist_ok=True)
     dense_path = os.path.join(config.model_dir, "dense.keras")
-    pruning_run = config.prune_sparsity is not None
+    pruning_run = bool(config.later_phases)
     history, train_seconds, epochs_run = None, 0.0, 0
     if pruning_run and os.path.exists(dense_path):
         model = load_model(dense_path)  # the dense phase finished in an earlier run
@@ -179,7 +277,10 @@ def train(config, callbacks=(), dataset=None):
             print(f"training {model.name} ({model.count_params():,} parameters) on "
                   f"{ds.summary()}; {len(x_train)} training samples, {config.epochs} epochs",
                   flush=True)
-        if config.epochs:
+        if config.teacher:
+            model, info = _distill_phase(model, ds, x_train, y_train, config, callbacks)
+            train_seconds, epochs_run = info["train_seconds"], config.epochs
+        elif config.epochs:
             history, train_seconds = _fit(model, x_train, y_train, config, config.epochs,
                                           os.path.join(config.model_dir, "backup"),
                                           os.path.join(config.model_dir, "logs"), callbacks)
@@ -188,19 +289,28 @@ def train(config, callbacks=(), dataset=None):
             save_model(model, dense_path)
     metrics = {}
     if pruning_run:
-        from tfcompress import pruning
         _compile(model, config.learning_rate, None)
         metrics["dense_test_accuracy"] = float(
             model.evaluate(ds.x_test, ds.y_test, batch_size=256, verbose=0)[1])
         if config.verbose:
-            print(f"dense test accuracy {metrics['dense_test_accuracy']:.4f}; pruning to "
-                  f"{config.prune_sparsity} for {config.prune_epochs} epochs", flush=True)
+            print(f"dense test accuracy {metrics['dense_test_accuracy']:.4f}; next: "
+                  f"{', '.join(config.later_phases)}", flush=True)
+    if config.prune_sparsity is not None:
+        from tfcompress import pruning
         model, prune_seconds, prune_run = _prune_phase(model, x_train, y_train, config, callbacks)
         train_seconds += prune_seconds
         epochs_run += prune_run
         report = pruning.sparsity_report(model, config.prune_structure)
         metrics.update(sparsity=report["total"], prune_epochs=config.prune_epochs,
                        prune_target=config.prune_sparsity)
+    for phase in ("cluster", "qat"):
+        if phase in config.later_phases:
+            model, info = _late_phase(phase, model, ds, x_train, y_train, config, callbacks)
+            train_seconds += info["train_seconds"]
+            epochs_run += info["epochs"]
+            metrics.update({f"{phase}_{k}": v for k, v in info.items()
+                            if k in ("max_unique_values", "scheme")})
+    if not model._is_compiled:
         _compile(model, config.learning_rate, None)
     test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=256, verbose=0)
     metrics.update({

@@ -8,10 +8,17 @@ Example:
     tfcompress inspect runs/baseline/tflite/model_int8_full.tflite --edgetpu
     tfcompress evaluate runs/baseline/tflite/model_int8_full.tflite --data fashion_mnist
     tfcompress sparsity runs/pruned/model.keras --structure 2:4
+    tfcompress recipes
+    tfcompress run --recipe fashion_mnist --out runs/demo
+    tfcompress run --model my_model.keras --data npz:my_data.npz --out runs/ptq
+    tfcompress report runs/demo
+    tfcompress bench runs/baseline/tflite/*.tflite --device host-1t --device host-2t \\
+        --baseline runs/baseline/tflite/model_float32.tflite --json bench.json --plot bench.png
 """
 
 import argparse
 import json
+import os
 import sys
 
 import tfcompress
@@ -94,6 +101,68 @@ def _sparsity(args):
     return 0
 
 
+def _recipes(args):
+    from tfcompress.config import list_recipes
+    for name, description in list_recipes().items():
+        print(f"{name:16s} {description}")
+    return 0
+
+
+def _run(args):
+    from tfcompress import config, pipeline, report
+    overrides = list(args.set or [])
+    if args.model:
+        overrides.append(f"teacher.path={args.model}")
+    if args.data:
+        overrides.append(f"data.dataset={args.data}")
+    recipe_name = args.recipe or ("pretrained" if args.model else None)
+    if not recipe_name:
+        raise ValueError("give --recipe NAME|FILE (see `tfcompress recipes`), or --model FILE "
+                         "--data SPEC for post-training quantization of your model")
+    if args.model and not os.path.exists(args.model):
+        raise ValueError(f"--model {args.model}: no such file or directory")
+    recipe = config.load_recipe(recipe_name, overrides=overrides)
+    result = pipeline.run(recipe, args.out, force=args.force,
+                          log=lambda line: print(line, flush=True))
+    print()
+    print(report.format_table(result))
+    print(f"\nreport: {os.path.join(args.out, 'report.md')} and report.json; plot: "
+          f"{os.path.join(args.out, 'pareto.png')}")
+    return 0
+
+
+def _report(args):
+    from tfcompress import report
+    result = report.build_report(args.dir)
+    paths = report.write_report(args.dir, result)
+    print(report.format_table(result))
+    print("\nwrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _bench(args):
+    from tflite_export import benchmark
+    profiles = benchmark.load_profiles(args.devices_file)
+    if args.list_devices:
+        print(benchmark.format_profiles(profiles))
+        return 0
+    if not args.files:
+        raise ValueError("bench needs at least one .tflite file (or --list-devices)")
+    result = benchmark.benchmark_models(
+        args.files, devices=args.device or ["host-1t"], runs=args.runs,
+        min_seconds=args.min_seconds, max_seconds=args.max_seconds, warmup=args.warmup,
+        baseline=args.baseline, seed=args.seed, timeout_s=args.timeout, profiles=profiles,
+        crosscheck=args.crosscheck, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        from tfcompress.saving import write_json_atomic
+        write_json_atomic(args.json, result)
+    if args.plot and benchmark.plot(result, args.plot) is None:
+        print("note: no plot (matplotlib is not installed, or no model ran)", file=sys.stderr)
+    print(benchmark.format_markdown(result))
+    # Exit 1 when any model (or an asked-for cross-check) failed; the others' figures still print.
+    return 1 if result["failures"] else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfcompress",
@@ -146,6 +215,48 @@ def build_parser():
     p.add_argument("--allow_unsafe", action="store_true",
                    help="allow Lambda layers with Python code (trusted files only)")
     p.set_defaults(func=_sparsity)
+    p = sub.add_parser("recipes", help="list the built-in recipes")
+    p.set_defaults(func=_recipes)
+
+    p = sub.add_parser("run", help="run a recipe: stages, export, evaluation, benchmark, report")
+    p.add_argument("--recipe", help="a built-in recipe name (tfcompress recipes) or a YAML/JSON "
+                                    "file; default with --model: pretrained")
+    p.add_argument("--out", required=True, help="output folder (stages, report.md, report.json)")
+    p.add_argument("--force", action="store_true", help="redo every stage, even finished ones")
+    p.add_argument("--model", help="your trained model file (sets teacher.path)")
+    p.add_argument("--data", help="dataset spec (sets data.dataset): fashion_mnist, npz:PATH, ...")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. stages.0.train.epochs=1 or "
+                        "data.max_train_samples=5000; repeatable")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("report", help="re-render report.md/report.json/pareto.png of a run")
+    p.add_argument("dir", help="the --out folder of a `tfcompress run`")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("bench", help="latency, memory and size of .tflite files on host device "
+                                     "profiles (each run in its own process)")
+    p.add_argument("files", nargs="*", metavar="FILE", help=".tflite files")
+    p.add_argument("--device", action="append",
+                   help="device profile; repeat for several (default host-1t; see --list-devices)")
+    p.add_argument("--runs", type=int, default=50, help="at least this many timed runs...")
+    p.add_argument("--min_seconds", type=float, default=1.0, help="...and at least this long...")
+    p.add_argument("--max_seconds", type=float, default=150.0, help="...but stop timing after this")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first inference")
+    p.add_argument("--baseline", metavar="FILE",
+                   help="model the ratios are against (default: the first FILE)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random inputs")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds before a model's process is killed")
+    p.add_argument("--crosscheck", action="store_true",
+                   help="also run the official litert-benchmark and compare medians")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a latency-vs-size PNG")
+    p.add_argument("--devices-file", "--devices_file", dest="devices_file", metavar="PATH",
+                   help="JSON file of extra device profiles")
+    p.add_argument("--list-devices", "--list_devices", dest="list_devices",
+                   action="store_true", help="print the device profiles and exit")
+    p.set_defaults(func=_bench)
     return parser
 
 

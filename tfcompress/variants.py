@@ -61,7 +61,7 @@ def _benchmark(rows, recipe, log):
     result = benchmark.benchmark_models(
         [row["file"] for row in rows], devices=tuple(bench.devices), runs=bench.runs,
         min_seconds=bench.min_seconds, warmup=bench.warmup, seed=recipe.seed,
-        devices_file=bench.devices_file, log=log)
+        profiles=benchmark.load_profiles(bench.devices_file), log=log)
     by_file = {row["file"]: row for row in rows}
     for entry in result["results"]:
         row = by_file.get(entry["model"])
@@ -72,7 +72,7 @@ def _benchmark(rows, recipe, log):
         else:
             row["latency"][entry["device"]] = {
                 key: entry[key] for key in ("median_ms", "p90_ms", "min_ms", "mean_ms",
-                                            "p99_ms", "std_ms", "peak_rss_bytes")
+                                            "p99_ms", "std_ms", "load_ms", "peak_rss_mb")
                 if key in entry}
 
 

@@ -115,3 +115,62 @@ def test_console_script_truncated_file(workdir, tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cut.tflite: corrupt or truncated TFLite flatbuffer" in errors[0]
+
+
+# --- tfcompress bench -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_files(tmp_path_factory):
+    """An untrained tiny model as float32 and int8_full, and a truncated copy."""
+    from tflite_export.convert import convert
+    root = tmp_path_factory.mktemp("bench_cli")
+    keras.utils.set_random_seed(0)
+    model = models.get_model("small_cnn", (12, 12, 1), 3, width=4)
+    calib = np.random.default_rng(0).uniform(0, 1, (20, 12, 12, 1)).astype(np.float32)
+    for mode in ("float32", "int8_full"):
+        (root / f"b_{mode}.tflite").write_bytes(convert(model, mode, representative_data=calib))
+    (root / "cut.tflite").write_bytes((root / "b_float32.tflite").read_bytes()[:2000])
+    return root
+
+
+def test_bench_one_corrupt_file_among_three(bench_files, capsys, tmp_path):
+    b = bench_files
+    code, out, err = _run(capsys, "bench", b / "b_float32.tflite", b / "cut.tflite",
+                          b / "b_int8_full.tflite", "--runs", 5, "--min_seconds", 0, "--warmup", 1,
+                          "--json", tmp_path / "bench.json", "--plot", tmp_path / "bench.png")
+    assert code == 1, err
+    result = json.loads((tmp_path / "bench.json").read_text())
+    errors = {os.path.basename(r["model"]): r["error"] for r in result["results"]}
+    assert errors["b_float32.tflite"] is None and errors["b_int8_full.tflite"] is None
+    assert "cut.tflite: corrupt or truncated" in errors["cut.tflite"]
+    assert result["failures"] == 1 and len(result["ratios"]) == 1
+    assert "| b_int8_full.tflite | host-1t |" in out and "- cut.tflite on host-1t: " in out
+    assert "phone cannot be emulated" in out
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    # One progress line per model, on stderr.
+    assert sum(line.startswith("[") for line in err.splitlines()) == 3
+    code, out, err = _run(capsys, "bench", b / "b_int8_full.tflite", "--baseline",
+                          b / "b_float32.tflite", "--device", "host-1t-reference", "--runs", 5,
+                          "--min_seconds", 0)
+    assert code == 0, err
+    assert "| b_int8_full.tflite | host-1t-reference |" in out and "x |" in out
+
+
+def test_bench_devices_and_bad_input(bench_files, capsys, tmp_path):
+    devices = tmp_path / "devices.json"
+    devices.write_text(json.dumps({"box-1t": {"threads": 1, "affinity": None,
+                                              "delegate": "xnnpack", "description": "my box"}}))
+    code, out, err = _run(capsys, "bench", "--list-devices", "--devices-file", devices)
+    assert code == 0 and "host-1t-reference" in out and "box-1t" in out and "my box" in out
+    code, out, err = _run(capsys, "bench", bench_files / "b_float32.tflite", "--devices-file",
+                          devices, "--device", "box-1t", "--runs", 3, "--min_seconds", 0)
+    assert code == 0 and "| b_float32.tflite | box-1t |" in out, err
+    for argv, message in [
+        (["bench"], "needs at least one .tflite file"),
+        (["bench", bench_files / "b_float32.tflite", "--device", "phone"],
+         "unknown device(s) phone"),
+        (["bench", "--list-devices", "--devices-file", tmp_path / "none.json"], "cannot read"),
+        (["bench", bench_files / "b_float32.tflite", "--runs", 0], "runs must be an integer"),
+    ]:
+        code, out, err = _run(capsys, *argv)
+        assert code == 1 and message in _one_error_line(err)

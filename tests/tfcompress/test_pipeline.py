@@ -21,7 +21,7 @@ TINY = {
     "teacher": {"model": "small_cnn", "options": {"width": 4}},
     "stages": [{"train": {"epochs": 1}}, {"prune": {"sparsity": 0.5, "epochs": 3}}],
     "export": {"modes": ["float32", "int8_full"]},
-    "benchmark": {"devices": []},
+    "benchmark": {"devices": ["host-1t"], "runs": 5, "min_seconds": 0.05, "warmup": 1},
 }
 
 
@@ -65,6 +65,9 @@ def test_report_rows_are_measured(tiny_run):
         assert v["file_bytes"] == os.path.getsize(v["file"])
         assert v["compression"] == pytest.approx(base["gzip_bytes"] / v["gzip_bytes"], rel=0.01)
         assert v["delta_points"] == pytest.approx(100 * (v["top1"] - base["top1"]), abs=0.01)
+    for v in rows.values():  # timed in a child process on the recipe's device profile
+        lat = v["latency"]["host-1t"]
+        assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] and lat["peak_rss_mb"] > 0
     # int8 weights take a quarter of the bytes; pruning halves the non-zero weights.
     assert rows[("01-train", "int8_full")]["file_bytes"] < 0.5 * base["file_bytes"]
     assert rows[("01-train", "int8_full")]["edgetpu"]["compatible"]
