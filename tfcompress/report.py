@@ -209,6 +209,7 @@ def plot_pareto(report, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     variants = report["variants"]
@@ -232,6 +233,7 @@ def plot_pareto(report, path):
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:red",
                     alpha=0.6, label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels
         ax.set_xlabel(label + " (log)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)

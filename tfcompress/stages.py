@@ -142,8 +142,7 @@ def cluster_stage(model, settings, ctx):
                          settings.epochs * steps_per_epoch(ctx, settings.batch_size))
     info = fit(clustered, ctx, settings.epochs, settings.batch_size)
     stripped = clustering.strip_clustering(clustered)
-    report = clustering.unique_values_report(stripped)
-    info["max_unique_values"] = max((row["unique_values"] for row in report), default=None)
+    info["max_unique_values"] = clustering.unique_values_report(stripped)["max_unique"]
     return stripped, info
 
 
