@@ -43,6 +43,7 @@ test-all: data
 bench: data
 	$(PY) -m models.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
 	$(PY) -m models.bench_tflite --out=runs/bench-tflite
+	$(PY) -m models.bench_channel_pruning --out=runs/bench-channel-pruning
 
 clean:
 	rm -rf runs build *.egg-info

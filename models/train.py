@@ -51,6 +51,18 @@ flags.DEFINE_float("prune_learning_rate", None, "Peak learning rate while prunin
 flags.DEFINE_bool("prune_skip_first_and_last", True,
                   "Leave the first and last prunable layers (stem, classifier) dense.")
 flags.DEFINE_list("prune_exclude", [], "Layer names/regexes/types to leave dense.")
+flags.DEFINE_float("channel_prune_ratio", None, "Remove this fraction of whole channels after "
+                   "training (a thinner, faster model), e.g. 0.5.")
+flags.DEFINE_enum("channel_prune_criterion", "l1", ["l1", "l2", "bn_scale", "taylor"],
+                  "Channel importance: filter norm, BatchNorm scale or Taylor (gradients).")
+flags.DEFINE_integer("channel_prune_round_to", 1, "Round kept channel counts to a multiple.",
+                     lower_bound=1)
+flags.DEFINE_integer("channel_prune_epochs", 2, "Fine-tuning epochs after channel pruning.",
+                     lower_bound=1)
+flags.DEFINE_float("lowrank_energy", None, "SVD-factorize Dense/1x1 conv layers keeping this "
+                   "share of the singular-value energy, e.g. 0.9.")
+flags.DEFINE_integer("lowrank_epochs", 1, "Fine-tuning epochs after factorization.",
+                     lower_bound=0)
 flags.DEFINE_string("teacher", None, "Distill this saved model (.keras/.h5/SavedModel) into the "
                     "zoo --model for --epochs instead of training it on labels alone.")
 flags.DEFINE_float("distill_temperature", 4.0, "Softmax temperature of the soft targets.")
@@ -98,6 +110,11 @@ def _train():
         prune_learning_rate=FLAGS.prune_learning_rate,
         prune_skip_first_and_last=FLAGS.prune_skip_first_and_last,
         prune_exclude=tuple(FLAGS.prune_exclude), teacher=FLAGS.teacher,
+        channel_prune_ratio=FLAGS.channel_prune_ratio,
+        channel_prune_criterion=FLAGS.channel_prune_criterion,
+        channel_prune_round_to=FLAGS.channel_prune_round_to,
+        channel_prune_epochs=FLAGS.channel_prune_epochs, lowrank_energy=FLAGS.lowrank_energy,
+        lowrank_epochs=FLAGS.lowrank_epochs,
         distill_temperature=FLAGS.distill_temperature, distill_alpha=FLAGS.distill_alpha,
         cluster_clusters=FLAGS.cluster_clusters, cluster_epochs=FLAGS.cluster_epochs,
         cluster_learning_rate=FLAGS.cluster_learning_rate, qat=FLAGS.qat,

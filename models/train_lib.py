@@ -12,6 +12,11 @@ fine-tuned for `prune_epochs` (backup in `backup-prune/`); `model.keras` is
 the stripped, sparse model and `metrics.json` adds the dense accuracy and the
 sparsity report. A rerun after an interruption reuses `dense.keras`.
 
+`channel_prune_ratio` removes that fraction of whole channels (a thinner,
+faster model) and fine-tunes it; `lowrank_energy` SVD-factorizes Dense and 1x1
+conv layers keeping that share of the spectrum's energy; both run after the
+dense phase and before magnitude pruning.
+
 With `teacher` set, the dense phase distills that saved model into the new zoo
 model (`tfcompress.distillation`, Hinton soft targets at `distill_temperature`,
 student loss weight `distill_alpha`). `cluster_clusters` adds weight clustering
@@ -64,6 +69,12 @@ class TrainConfig:
     prune_learning_rate: float = None
     prune_skip_first_and_last: bool = True
     prune_exclude: tuple = ()
+    channel_prune_ratio: float = None
+    channel_prune_criterion: str = "l1"
+    channel_prune_round_to: int = 1
+    channel_prune_epochs: int = 2
+    lowrank_energy: float = None
+    lowrank_epochs: int = 1
     teacher: str = None
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5
@@ -106,7 +117,12 @@ class TrainConfig:
                 raise ValueError("--teacher needs --epochs >= 1: distillation trains the student")
         if self.cluster_clusters is not None and self.cluster_clusters < 2:
             raise ValueError(f"cluster_clusters must be >= 2, got {self.cluster_clusters}")
-        for name in ("cluster_epochs", "qat_epochs"):
+        if self.channel_prune_ratio is not None and not 0 < self.channel_prune_ratio < 1:
+            raise ValueError(f"channel_prune_ratio must be in (0, 1), got "
+                             f"{self.channel_prune_ratio}")
+        if self.lowrank_energy is not None and not 0 < self.lowrank_energy <= 1:
+            raise ValueError(f"lowrank_energy must be in (0, 1], got {self.lowrank_energy}")
+        for name in ("cluster_epochs", "qat_epochs", "channel_prune_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("cluster_learning_rate", "qat_learning_rate"):
@@ -116,7 +132,9 @@ class TrainConfig:
     @property
     def later_phases(self):
         """Phases after the dense (or distillation) phase, in order."""
-        return [name for name, on in (("prune", self.prune_sparsity is not None),
+        return [name for name, on in (("channel_prune", self.channel_prune_ratio is not None),
+                                      ("lowrank", self.lowrank_energy is not None),
+                                      ("prune", self.prune_sparsity is not None),
                                       ("cluster", self.cluster_clusters is not None),
                                       ("qat", self.qat)) if on]
 
@@ -228,7 +246,15 @@ def _late_phase(phase, model, ds, x, y, config, callbacks):
     """Clustering or QAT after the dense/pruning phases (tfcompress.stages)."""
     from tfcompress import config as recipe, stages
     ctx = _stage_context(ds, x, y, config, callbacks, phase)
-    if phase == "cluster":
+    if phase == "channel_prune":
+        settings = recipe.ChannelPruneStage(
+            ratio=config.channel_prune_ratio, criterion=config.channel_prune_criterion,
+            round_to=config.channel_prune_round_to, epochs=config.channel_prune_epochs,
+            learning_rate=config.learning_rate, batch_size=config.batch_size)
+    elif phase == "lowrank":
+        settings = recipe.LowRankStage(energy=config.lowrank_energy, epochs=config.lowrank_epochs,
+                                       batch_size=config.batch_size)
+    elif phase == "cluster":
         settings = recipe.ClusterStage(clusters=config.cluster_clusters,
                                        epochs=config.cluster_epochs,
                                        preserve_sparsity=config.prune_sparsity is not None,
@@ -240,8 +266,7 @@ def _late_phase(phase, model, ds, x, y, config, callbacks):
                                    learning_rate=config.qat_learning_rate,
                                    batch_size=config.batch_size)
     if config.verbose:
-        print(f"{phase}: {config.cluster_epochs if phase == 'cluster' else config.qat_epochs} "
-              f"epoch(s)", flush=True)
+        print(f"{phase}: {settings.epochs} epoch(s)", flush=True)
     return stages.STAGE_FUNCTIONS[phase](model, settings, ctx)
 
 
@@ -295,6 +320,13 @@ def train(config, callbacks=(), dataset=None):
         if config.verbose:
             print(f"dense test accuracy {metrics['dense_test_accuracy']:.4f}; next: "
                   f"{', '.join(config.later_phases)}", flush=True)
+    for phase in ("channel_prune", "lowrank"):
+        if phase in config.later_phases:
+            model, info = _late_phase(phase, model, ds, x_train, y_train, config, callbacks)
+            train_seconds += info.get("train_seconds", 0)
+            epochs_run += info.get("epochs", 0)
+            metrics.update({f"{phase}_{k}": v for k, v in info.items()
+                            if k in ("macs_before", "macs_after", "factored_layers")})
     if config.prune_sparsity is not None:
         from tfcompress import pruning
         model, prune_seconds, prune_run = _prune_phase(model, x_train, y_train, config, callbacks)

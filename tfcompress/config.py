@@ -143,8 +143,41 @@ class QATStage:
     batch_size: int = 128
 
 
+@dataclasses.dataclass
+class ChannelPruneStage:
+    """Removes whole channels (a thinner, faster model), then fine-tunes.
+
+    ratio: fraction of channels removed (or target_macs: MACs to keep, a count
+    or a fraction); distill: fine-tune by distilling from the unpruned model.
+    """
+    ratio: Optional[float] = 0.5
+    criterion: str = "l1"
+    round_to: int = 1
+    target_macs: Optional[float] = None
+    skip_first_and_last: bool = False
+    epochs: int = 3
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.5
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class LowRankStage:
+    """SVD factorization of Dense and 1x1 Conv2D layers, then fine-tuning (epochs may be 0)."""
+    energy: float = 0.9
+    rank_ratio: Optional[float] = None
+    min_params_saving: float = 0.1
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+
+
 STAGES = {"train": TrainStage, "distill": DistillStage, "prune": PruneStage,
+          "channel_prune": ChannelPruneStage, "lowrank": LowRankStage,
           "cluster": ClusterStage, "qat": QATStage}
+CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 QAT_SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
                "prune_cluster_preserving")
 
@@ -284,7 +317,7 @@ def _number_in(value, lo, hi, where, lo_open=False, hi_open=False):
 def _validate_stage(kind, s, where):
     for key in ("epochs", "batch_size"):
         if hasattr(s, key):
-            minimum = 0 if kind == "train" and key == "epochs" else 1
+            minimum = 0 if kind in ("train", "lowrank") and key == "epochs" else 1
             value = getattr(s, key)
             if value < minimum:
                 raise RecipeError(f"{where}.{key} must be >= {minimum}, got {value}")
@@ -304,6 +337,25 @@ def _validate_stage(kind, s, where):
         if s.init not in ("kmeans++", "linear", "random", "density-based"):
             raise RecipeError(f"{where}.init: unknown {s.init!r}; valid: kmeans++, linear, "
                               f"random, density-based")
+    if kind == "channel_prune":
+        if (s.ratio is None) == (s.target_macs is None):
+            raise RecipeError(f"{where}: give ratio (fraction of channels removed) or "
+                              f"target_macs, not both (set the other to null)")
+        if s.ratio is not None:
+            _number_in(s.ratio, 0, 1, where + ".ratio", hi_open=True)
+        if s.target_macs is not None and not s.target_macs > 0:
+            raise RecipeError(f"{where}.target_macs must be > 0 (a count, or a fraction < 1)")
+        if s.criterion not in CHANNEL_CRITERIA:
+            raise RecipeError(f"{where}.criterion: unknown {s.criterion!r}; valid: "
+                              f"{', '.join(CHANNEL_CRITERIA)}")
+        if s.round_to < 1:
+            raise RecipeError(f"{where}.round_to must be >= 1, got {s.round_to}")
+        _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
+        _number_in(s.alpha, 0, 1, where + ".alpha")
+    if kind == "lowrank":
+        _number_in(s.energy, 0, 1, where + ".energy", lo_open=True)
+        if s.rank_ratio is not None:
+            _number_in(s.rank_ratio, 0, 1, where + ".rank_ratio", lo_open=True)
     if kind == "qat" and s.scheme not in QAT_SCHEMES:
         raise RecipeError(f"{where}.scheme: unknown {s.scheme!r}; valid: {', '.join(QAT_SCHEMES)}")
 

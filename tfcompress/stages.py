@@ -1,7 +1,8 @@
 """The pipeline's Keras stages: each takes a model and returns a model (Keras -> Keras).
 
-`train`, `distill`, `prune`, `cluster` and `qat` glue the technique modules
-(`distillation`, `pruning`, `clustering`, `quantization`) to `fit`: compile with
+`train`, `distill`, `prune`, `channel_prune`, `lowrank`, `cluster` and `qat`
+glue the technique modules (`distillation`, `pruning`, `channel_pruning`,
+`lowrank`, `clustering`, `quantization`) to `fit`: compile with
 Adam on a cosine-decayed learning rate, train with `BackupAndRestore` in
 `work_dir/backup` so a killed stage resumes from its last finished epoch, and
 return the plain (stripped) model plus a dict of facts for the report.
@@ -131,6 +132,47 @@ def prune_stage(model, settings, ctx):
     return stripped, info
 
 
+def channel_prune_stage(model, settings, ctx):
+    """Removes whole channels (tfcompress.channel_pruning), then fine-tunes or distills."""
+    from tfcompress import channel_pruning, distillation
+    config = channel_pruning.ChannelPruningConfig(
+        ratio=settings.ratio, criterion=settings.criterion, round_to=settings.round_to,
+        target_macs=settings.target_macs, skip_first_and_last=settings.skip_first_and_last)
+    # Taylor importance needs gradients on a few batches of training data.
+    data = (ctx.x_train[:2048], ctx.y_train[:2048]) if settings.criterion == "taylor" else None
+    thin, plan = channel_pruning.prune_channels(model, config, data=data)
+    ctx.log(f"  channels pruned ({settings.criterion}): MACs {plan.macs_before:,} -> "
+            f"{plan.macs_after:,}, parameters {plan.params_before:,} -> {plan.params_after:,}")
+    steps = settings.epochs * steps_per_epoch(ctx, settings.batch_size)
+    if settings.distill:  # the unpruned model teaches its thinner self
+        trainee = distillation.Distiller(
+            model, thin,
+            distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
+            student_loss_weight=settings.alpha)
+    else:
+        trainee = thin
+    compile_for_training(trainee, settings.learning_rate, steps)
+    info = fit(trainee, ctx, settings.epochs, settings.batch_size)
+    info.update(macs_before=plan.macs_before, macs_after=plan.macs_after,
+                parameters_before=plan.params_before)
+    return thin, info
+
+
+def lowrank_stage(model, settings, ctx):
+    """SVD-factorizes Dense and 1x1 Conv2D layers (tfcompress.lowrank), then fine-tunes."""
+    from tfcompress import lowrank
+    factored, details = lowrank.factorize(model, lowrank.LowRankConfig(
+        energy=settings.energy, rank_ratio=settings.rank_ratio,
+        min_params_saving=settings.min_params_saving))
+    ctx.log(f"  low-rank: parameters {details['params_before']:,} -> "
+            f"{details['params_after']:,}")
+    compile_for_training(factored, settings.learning_rate,
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+    info = fit(factored, ctx, settings.epochs, settings.batch_size) if settings.epochs else {}
+    info["factored_layers"] = [row["layer"] for row in details["layers"] if row.get("factored")]
+    return factored, info
+
+
 def cluster_stage(model, settings, ctx):
     """Weight clustering; sparsity-preserving when asked (the default)."""
     from tfcompress import clustering
@@ -170,6 +212,7 @@ def qat_stage(model, settings, ctx):
 
 
 STAGE_FUNCTIONS = {"train": train_stage, "distill": distill_stage, "prune": prune_stage,
+                   "channel_prune": channel_prune_stage, "lowrank": lowrank_stage,
                    "cluster": cluster_stage, "qat": qat_stage}
 
 
