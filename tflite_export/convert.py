@@ -119,7 +119,9 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
         representative_data: calibration samples for int8, int8_full and
             int16x8: an array (N, ...), a list of arrays (one per input), a
             tf.data.Dataset, or a generator (or callable) yielding samples or
-            (x, y) pairs. 100-500 samples is usual. QAT models need none.
+            (x, y) pairs. 100-500 samples is usual. QAT models need none, and
+            theirs is ignored in int8/int8_full: calibration would override the
+            ranges they learned.
         batch_size: the fixed batch dimension of the inputs.
         sparse: store pruned float32 weights in sparse format
             (EXPERIMENTAL_SPARSITY); refused for quantized modes because
@@ -166,23 +168,48 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if mode in NEEDS_CALIBRATION and representative_data is not None:
+    # A QAT model quantizes with the ranges it learned. Any representative_dataset
+    # makes the converter calibrate it again, overriding them, so none is given;
+    # and setting TFLITE_BUILTINS_INT8 makes it demand one (its pre-conversion
+    # check cannot see the model's fake-quant ops yet), so for QAT int8_full the
+    # full-integer result is checked after conversion instead.
+    qat_int8 = qat and mode in ("int8", "int8_full")
+    if mode in NEEDS_CALIBRATION and representative_data is not None and not qat_int8:
         converter.representative_dataset = _representative_dataset(
             representative_data, model, batch_size)
     if mode == "int8_full":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if not qat_int8:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     if mode == "int16x8":
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     try:
-        return converter.convert()
+        result = converter.convert()
     except ExportError:
         raise
     except Exception as e:  # ConverterError and friends: keep the converter's reason.
         reason = " ".join(str(e).split())
         raise ExportError(f"{mode} conversion of {model.name} failed: {reason[:600]}") from e
+    if qat_int8 and mode == "int8_full":
+        _check_full_integer(result, model)
+    return result
+
+
+def _check_full_integer(tflite_bytes, model):
+    """Raises ExportError naming the float tensors of a QAT int8_full conversion."""
+    from ai_edge_litert import schema_py_generated as schema
+    from tflite_export.tflite_file import parse_tflite
+    floats = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)
+    names = [t.name.decode() for sg in parse_tflite(tflite_bytes).subgraphs
+             for t in sg.tensors if t.type in floats]
+    if names:
+        raise ExportError(
+            f"int8_full conversion of QAT model {model.name} left {len(names)} float tensors "
+            f"(e.g. {', '.join(names[:3])}): some layers were not quantized (kept in float, or "
+            "a BatchNormalization folded into per-tensor weights); convert it in int8 mode, or "
+            "quantize those layers too")
 
 
 def write_tflite(tflite_bytes, path):
