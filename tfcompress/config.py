@@ -120,6 +120,9 @@ class PruneStage:
     exclude: list = dataclasses.field(default_factory=list)
     learning_rate: float = 2e-3
     batch_size: int = 128
+    distill: bool = False          # train against the teacher's soft targets too
+    temperature: float = 4.0
+    alpha: float = 0.5
 
 
 @dataclasses.dataclass
@@ -131,6 +134,9 @@ class ClusterStage:
     preserve_sparsity: bool = True
     learning_rate: float = 1e-4
     batch_size: int = 128
+    distill: bool = False          # train against the teacher's soft targets too
+    temperature: float = 4.0
+    alpha: float = 0.5
 
 
 @dataclasses.dataclass
@@ -141,6 +147,9 @@ class QATStage:
     per_tensor: bool = False
     learning_rate: float = 1e-4
     batch_size: int = 128
+    distill: bool = False          # train against the teacher's soft targets too
+    temperature: float = 4.0
+    alpha: float = 0.5
 
 
 @dataclasses.dataclass
@@ -232,8 +241,11 @@ class Recipe:
     def stage_hash(self, index):
         """A hash of everything stage `index` depends on: a rerun reuses a stage with the same hash."""
         d = self.to_dict()
-        relevant = {k: d[k] for k in ("seed", "data", "teacher", "student")}
+        relevant = {k: d[k] for k in ("seed", "data", "teacher")}
         relevant["stages"] = d["stages"][:index + 1]
+        # The student matters from the distill stage on, not to the teacher's training.
+        if any(s.kind == "distill" for s in self.stages[:index + 1]):
+            relevant["student"] = d["student"]
         relevant["data"] = {k: v for k, v in relevant["data"].items()
                             if k not in ("calibration_samples", "eval_samples")}
         return digest(relevant)
@@ -323,7 +335,7 @@ def _validate_stage(kind, s, where):
                 raise RecipeError(f"{where}.{key} must be >= {minimum}, got {value}")
     if hasattr(s, "learning_rate"):
         _number_in(s.learning_rate, 0, 10, where + ".learning_rate", lo_open=True)
-    if kind == "distill":
+    if hasattr(s, "temperature"):
         _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
         _number_in(s.alpha, 0, 1, where + ".alpha")
     if kind == "prune":
@@ -350,8 +362,6 @@ def _validate_stage(kind, s, where):
                               f"{', '.join(CHANNEL_CRITERIA)}")
         if s.round_to < 1:
             raise RecipeError(f"{where}.round_to must be >= 1, got {s.round_to}")
-        _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
-        _number_in(s.alpha, 0, 1, where + ".alpha")
     if kind == "lowrank":
         _number_in(s.energy, 0, 1, where + ".energy", lo_open=True)
         if s.rank_ratio is not None:

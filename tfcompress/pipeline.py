@@ -63,12 +63,18 @@ def _input_hash(recipe):
     return config_lib.digest([os.path.abspath(path), stat.st_size, int(stat.st_mtime)])
 
 
-def _load_stage_model(stage_dir, kind):
-    path = os.path.join(stage_dir, "model.keras")
-    if kind == "qat":
-        from tfcompress import quantization
-        return quantization.load_qat_model(path)
-    return load_model(path)
+class SavedStageModel:
+    """A finished stage's model on disk, loaded on demand with `load()`."""
+
+    def __init__(self, stage_dir, kind):
+        self.stage_dir, self.kind = stage_dir, kind
+
+    def load(self):
+        path = os.path.join(self.stage_dir, "model.keras")
+        if self.kind == "qat":
+            from tfcompress import quantization
+            return quantization.load_qat_model(path)
+        return load_model(path)
 
 
 def _check_model_fits(model, ds, what):
@@ -116,7 +122,10 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
     calibration = data_lib.calibration_samples(x_train, recipe.data.calibration_samples,
                                                seed=recipe.seed)
     steps = _stage_dirs(recipe)
+    # `model` is the last stage's model, or a SavedStageModel for a finished stage:
+    # loaded only when a later stage trains on it or its variants are rebuilt.
     model, rerun_rest, kinds_done = None, force, []
+    first = None  # the first stage's model: the teacher of stages with distill: true
     for n, (index, kind, name) in enumerate(steps, start=1):
         stage_dir = os.path.join(out_dir, name)
         stage_hash = _input_hash(recipe) if kind == "input" else recipe.stage_hash(index)
@@ -124,7 +133,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
         t0 = time.time()
         if not rerun_rest and manifest and manifest.get("hash") == stage_hash:
             log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
-            model = _load_stage_model(stage_dir, kind)
+            model = SavedStageModel(stage_dir, kind)
         else:
             pending = _read_json(os.path.join(stage_dir, "pending.json"))
             if rerun_rest or (pending or {}).get("hash") != stage_hash:
@@ -133,8 +142,9 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
             os.makedirs(stage_dir, exist_ok=True)
             write_json_atomic(os.path.join(stage_dir, "pending.json"), {"hash": stage_hash})
             log(f"[{n}/{len(steps)}] {name}: running")
+            model = model.load() if isinstance(model, SavedStageModel) else model
             model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir,
-                                   kinds_done, log, verbose)
+                                   kinds_done, log, verbose, first)
             save_model(model, os.path.join(stage_dir, "model.keras"))
             info["seconds"] = round(time.time() - t0, 2)
             write_json_atomic(os.path.join(stage_dir, "metrics.json"), info)
@@ -145,6 +155,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
             log(f"[{n}/{len(steps)}] {name}: trained in {time.time() - t0:.0f} s, Keras test "
                 f"accuracy {info['keras_test_accuracy']:.4f}")
         kinds_done.append(kind)
+        first = first or SavedStageModel(stage_dir, kind)
         modes = recipe.stage_modes(index) if index >= 0 else list(recipe.export.modes)
         # Exports, accuracies and timings depend on the model and on these settings.
         variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
@@ -161,11 +172,12 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
 
 
 def _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir, kinds_done, log,
-             verbose):
+             verbose, first):
     ctx = stages_lib.StageContext(x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir,
                                   seed=recipe.seed, verbose=verbose, log=log,
                                   earlier_stages=tuple(kinds_done),
-                                  student_builder=lambda: _build(recipe.student, ds, "student"))
+                                  student_builder=lambda: _build(recipe.student, ds, "student"),
+                                  teacher_builder=first.load if first else None)
     if kind == "input":
         model = _build(recipe.teacher, ds, "teacher")
         return model, {"keras_test_accuracy": stages_lib.keras_accuracy(model, ctx),

@@ -36,6 +36,7 @@ class StageContext:
     verbose: Optional[int] = None            # Keras fit verbosity; None: bar on a tty, else a line an epoch
     log: Callable = print
     student_builder: Optional[Callable] = None  # () -> a fresh student model (distill)
+    teacher_builder: Optional[Callable] = None  # () -> the teacher, for stages with distill: true
     earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
     callbacks: tuple = ()                    # extra Keras callbacks
 
@@ -60,6 +61,18 @@ def steps_per_epoch(ctx, batch_size):
     return int(np.ceil(len(ctx.x_train) / batch_size))
 
 
+def with_teacher(model, settings, ctx):
+    """The model to compile and fit: `model` itself, or a Distiller around it when the
+    stage says `distill: true` (the teacher's soft targets keep guiding it)."""
+    if not getattr(settings, "distill", False):
+        return model
+    from tfcompress import distillation
+    return distillation.Distiller(
+        ctx.teacher_builder(), model,
+        distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
+        student_loss_weight=settings.alpha)
+
+
 def fit(model, ctx, epochs, batch_size, callbacks=()):
     """`model.fit` with resume: returns {"epochs", "train_seconds", "history"}.
 
@@ -69,6 +82,9 @@ def fit(model, ctx, epochs, batch_size, callbacks=()):
     backup = os.path.join(ctx.work_dir, "backup")
     if os.path.isdir(backup) and os.listdir(backup):
         ctx.log(f"  resuming from the backup in {backup}")
+    if not model.built:
+        # BackupAndRestore silently does nothing for an unbuilt model (a fresh Distiller).
+        model(ctx.x_train[:1], training=False)
     all_callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks, *ctx.callbacks]
     start = time.time()
     history = model.fit(ctx.x_train, ctx.y_train, batch_size=batch_size, epochs=epochs,
@@ -123,8 +139,9 @@ def prune_stage(model, settings, ctx):
         schedule=schedules.get(settings.schedule), structure=settings.structure,
         skip_first_and_last=settings.skip_first_and_last, exclude=tuple(settings.exclude))
     pruned = pruning.prune(model, config, steps_per_epoch=steps, total_epochs=settings.epochs)
-    compile_for_training(pruned, settings.learning_rate, settings.epochs * steps)
-    info = fit(pruned, ctx, settings.epochs, settings.batch_size,
+    trainee = with_teacher(pruned, settings, ctx)
+    compile_for_training(trainee, settings.learning_rate, settings.epochs * steps)
+    info = fit(trainee, ctx, settings.epochs, settings.batch_size,
                callbacks=pruning.pruning_callbacks())
     stripped = pruning.strip_pruning(pruned)
     report = pruning.sparsity_report(stripped)
@@ -180,9 +197,10 @@ def cluster_stage(model, settings, ctx):
                                          init=settings.init,
                                          preserve_sparsity=settings.preserve_sparsity)
     clustered = clustering.cluster(model, config)
-    compile_for_training(clustered, settings.learning_rate,
+    trainee = with_teacher(clustered, settings, ctx)
+    compile_for_training(trainee, settings.learning_rate,
                          settings.epochs * steps_per_epoch(ctx, settings.batch_size))
-    info = fit(clustered, ctx, settings.epochs, settings.batch_size)
+    info = fit(trainee, ctx, settings.epochs, settings.batch_size)
     stripped = clustering.strip_clustering(clustered)
     info["max_unique_values"] = clustering.unique_values_report(stripped)["max_unique"]
     return stripped, info
@@ -204,9 +222,10 @@ def qat_stage(model, settings, ctx):
     scheme = qat_scheme(settings, ctx.earlier_stages)
     qat_model = quantization.quantize(
         model, quantization.QATConfig(scheme=scheme, per_tensor=settings.per_tensor))
-    compile_for_training(qat_model, settings.learning_rate,
+    trainee = with_teacher(qat_model, settings, ctx)
+    compile_for_training(trainee, settings.learning_rate,
                          settings.epochs * steps_per_epoch(ctx, settings.batch_size))
-    info = fit(qat_model, ctx, settings.epochs, settings.batch_size)
+    info = fit(trainee, ctx, settings.epochs, settings.batch_size)
     info["scheme"] = scheme
     return qat_model, info
 

@@ -78,13 +78,19 @@ def _benchmark(rows, recipe, log):
 
 def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, calibration,
                    force=False, log=print):
-    """Exports `model` in `modes` and measures each file; returns the rows (see module doc)."""
+    """Exports `model` in `modes` and measures each file; returns the rows (see module doc).
+
+    `model` may be a `pipeline.SavedStageModel`: it is loaded only when the rows
+    saved with the same `variant_hash` cannot be reused.
+    """
     from tflite_export.convert import convert, is_qat_model, write_tflite
     path = os.path.join(stage_dir, "variants.json")
     if not force:
         rows = _read_variants(path, variant_hash)
         if rows is not None:
             return rows
+    if hasattr(model, "load") and not hasattr(model, "layers"):
+        model = model.load()  # a pipeline.SavedStageModel
     tflite_dir = os.path.join(stage_dir, "tflite")
     # A QAT model carries its own ranges: calibrating it again would override them.
     calib = None if is_qat_model(model) else calibration

@@ -102,6 +102,28 @@ def test_stage_hash_changes_only_downstream():
     assert evaluated.stage_hash(1) == base.stage_hash(1)
 
 
+def test_student_changes_do_not_retrain_the_teacher():
+    stages = [{"train": {}}, {"distill": {}}]
+    a = recipe_from_dict({**TINY, "stages": stages, "student": {"model": "small_cnn"}})
+    b = recipe_from_dict({**TINY, "stages": stages,
+                          "student": {"model": "small_cnn", "options": {"width": 4}}})
+    assert a.stage_hash(0) == b.stage_hash(0) and a.stage_hash(1) != b.stage_hash(1)
+
+
+def test_channel_prune_and_lowrank_settings_are_checked():
+    with pytest.raises(RecipeError, match="give ratio .* or target_macs, not both"):
+        recipe_from_dict({**TINY, "stages": [{"train": {}},
+                                             {"channel_prune": {"target_macs": 0.5}}]})
+    with pytest.raises(RecipeError, match="criterion: unknown 'random'; valid: l1, l2"):
+        recipe_from_dict({**TINY, "stages": [{"train": {}},
+                                             {"channel_prune": {"criterion": "random"}}]})
+    with pytest.raises(RecipeError, match=r"energy must be in \(0, 1\]"):
+        recipe_from_dict({**TINY, "stages": [{"train": {}}, {"lowrank": {"energy": 1.5}}]})
+    ok = recipe_from_dict({**TINY, "stages": [{"train": {}}, {"channel_prune": {
+        "ratio": None, "target_macs": 0.5, "distill": True}}, {"lowrank": {"epochs": 0}}]})
+    assert ok.stages[1].settings.target_macs == 0.5
+
+
 def test_qat_exports_only_int8_modes_by_default():
     recipe = recipe_from_dict({**TINY, "stages": [{"train": {}}, {"qat": {}}],
                                "export": {"modes": ["float32", "dynamic", "int8_full"]}})

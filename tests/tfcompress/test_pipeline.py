@@ -194,3 +194,44 @@ def test_pretrained_recipe_on_the_mlperf_ds_cnn(shared_dir, tmp_path):
     assert rows["int8_full"]["file_bytes"] < 0.55 * rows["float32"]["file_bytes"]
     print(f"\nDS-CNN via the pretrained recipe: float32 {rows['float32']['top1']:.1%}, "
           f"int8_full {rows['int8_full']['top1']:.1%} on 800 clips")
+
+
+def test_every_stage_kind_in_one_recipe(tmp_path, fashion_mnist):
+    """train, distill, channel_prune, lowrank, prune, cluster, qat: every row is filled."""
+    recipe = config.recipe_from_dict({
+        "name": "all-stages",
+        "data": {"dataset": "fashion_mnist", "max_train_samples": 512, "eval_samples": 200,
+                 "calibration_samples": 16},
+        "teacher": {"model": "small_cnn", "options": {"width": 8}},
+        "student": {"model": "small_cnn", "options": {"width": 8}},
+        "stages": [{"train": {"epochs": 1}},
+                   {"distill": {"epochs": 1}},
+                   {"channel_prune": {"ratio": 0.25, "epochs": 1}},
+                   {"lowrank": {"energy": 0.9, "epochs": 0, "min_params_saving": 0.0}},
+                   {"prune": {"sparsity": 0.5, "epochs": 1, "distill": True}},
+                   {"cluster": {"clusters": 8, "epochs": 1}},
+                   {"qat": {"epochs": 1, "distill": True}}],
+        "export": {"modes": ["int8_full"]},
+        "benchmark": {"devices": []},
+    })
+    lines = []
+    report = pipeline.run(recipe, str(tmp_path), log=lines.append, verbose=0)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == ["01-train", "02-distill", "03-channel_prune", "04-lowrank",
+                            "05-prune", "06-cluster", "07-qat"]
+    assert stages["03-channel_prune"]["macs_after"] < stages["03-channel_prune"]["macs_before"]
+    assert stages["04-lowrank"]["factored_layers"] == ["classifier"]
+    assert 0.45 < stages["05-prune"]["sparsity"] < 0.6
+    assert stages["06-cluster"]["max_unique_values"] <= 8
+    assert stages["07-qat"]["scheme"] == "prune_cluster_preserving"
+    assert len(report["variants"]) == 7
+    for v in report["variants"]:
+        assert v["mode"] == "int8_full" and v["is_full_integer"] and v["edgetpu"]["compatible"]
+        assert v["top1"] is not None and v["gzip_bytes"] > 0
+    # Pruning zeros survive clustering and QAT into the int8 file.
+    qat_row = report["variants"][-1]
+    assert qat_row["nonzero_parameters"] <= report["variants"][4]["nonzero_parameters"] * 1.02
+    # A rerun loads nothing it does not need, including the cluster-preserving QAT model.
+    lines = []
+    pipeline.run(recipe, str(tmp_path), log=lines.append, verbose=0)
+    assert sum("done in an earlier run" in line for line in lines) == 7

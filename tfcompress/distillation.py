@@ -1,0 +1,735 @@
+"""Knowledge distillation for tf_keras models: a `Distiller` that trains with plain `fit`.
+
+TFMOT has no distillation, and Keras 3's `keras.distillation.Distiller` does
+not run on tf_keras. This is the same API on tf_keras: a `keras.Model` whose
+`call` runs the student and whose `compute_loss` adds the teacher's signal,
+so `fit`, `evaluate`, `predict`, callbacks (BackupAndRestore, TensorBoard,
+the pruning callbacks), `tf.data` inputs, sample weights and
+`tf.distribute.MirroredStrategy` work as for any Keras model.
+
+Example:
+    from tfcompress import distillation, pruning
+    distiller = distillation.Distiller(
+        teacher, student,
+        distillation_losses=distillation.LogitsDistillation(temperature=4.0),
+        student_loss_weight=0.5)
+    distiller.compile(optimizer=keras.optimizers.Adam(2e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    distiller.fit(x, y, batch_size=128, epochs=3,
+                  callbacks=[keras.callbacks.BackupAndRestore("run/backup"),
+                             *pruning.pruning_callbacks()])
+    tfcompress.save_model(distiller.student, "run/student.keras")   # save the student
+
+The loss, as in Keras 3:
+
+    loss = student_loss_weight * student_loss
+           + (1 - student_loss_weight) * sum_i(distillation_loss_weights[i] * distillation_loss_i)
+           + the student's regularization losses
+
+`student_loss` is the loss given to `compile` on the student's outputs as
+they are (probabilities with `SparseCategoricalCrossentropy()` for the zoo's
+softmax models). Logged: `loss` (the total, what Keras callbacks monitor),
+`total_loss` (the same value, under Keras 3's name), `student_loss`,
+`distillation_loss` (the weighted sum), one `<name>_loss` per distillation
+loss when there are several, and the compiled metrics of the student.
+
+Logits of a softmax model. Hinton's soft targets need logits, and the zoo's
+models end in softmax. The Distiller takes the tensor that goes into the
+final softmax op, in the same graph, at no cost: the same route tf_keras's
+own cross-entropy takes for numerical stability (`backend._get_logits`: the
+Softmax op's input, or the `_keras_logits` Keras attaches in eager mode).
+That tensor is exact; the alternative, log of the probabilities, loses the
+gaps beyond float32's range (a clip at 1e-7 would flatten every logit gap
+above 16, which temperature 4 brings back into play). Only when a model's
+output is a probability vector without a softmax op in reach (a reshape
+after the softmax, say) is `log(max(p, 1e-30))` used; it equals the logits
+up to a per-row constant, which softmax ignores. A model with any other
+output is taken to output logits; a sigmoid output is refused.
+
+Reference:
+    Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
+    Network", https://arxiv.org/abs/1503.02531
+    Romero et al. 2015, "FitNets: Hints for Thin Deep Nets" (feature
+    distillation with a learned projection), https://arxiv.org/abs/1412.6550
+"""
+
+import numbers
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.keras import ensure_tf_keras_model, keras, tf
+
+__all__ = ["DistillationError", "DistillationLoss", "LogitsDistillation", "FeatureDistillation",
+           "logits_distillation", "feature_distillation", "get", "serialize", "Distiller"]
+
+# Where `Distiller.call` leaves the student's intermediate features for
+# `compute_loss`: on the prediction tensor itself (graph and eager tensors
+# take attributes; Keras does the same with `_keras_mask`/`_keras_logits`).
+# Each replica of a MirroredStrategy has its own tensor, so this is
+# thread-safe, and nothing outlives the training step.
+_FEATURES_ATTR = "_tfcompress_student_features"
+# log(p) floor for probabilities with no softmax op in reach (see the module docstring).
+_LOG_FLOOR = 1e-30
+
+
+class DistillationError(TfcompressError, ValueError):
+    """Teacher, student or distillation settings that cannot work; the message says the fix."""
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_weight(value, name):
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise DistillationError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+# ------------------------------------------------------------------------ losses
+
+
+class DistillationLoss:
+    """A loss between a teacher tensor and a student tensor, one value a sample.
+
+    Subclasses implement `call(teacher, student) -> [batch]` and
+    `get_config()`. Calling the object reduces like a Keras loss with
+    SUM_OVER_BATCH_SIZE: sum(sample_weight * loss) / batch size.
+
+    Attributes:
+        teacher_layer_name, student_layer_name: the layers whose outputs the
+            loss compares; None for the models' outputs.
+        uses_logits: True when the loss compares logits (the Distiller then
+            passes the pre-softmax tensors of softmax models).
+    """
+
+    teacher_layer_name = None
+    student_layer_name = None
+    uses_logits = False
+
+    def call(self, teacher, student):
+        raise NotImplementedError
+
+    def __call__(self, teacher, student, sample_weight=None):
+        per_sample = tf.cast(self.call(teacher, student), tf.float32)
+        if sample_weight is not None:
+            per_sample = per_sample * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        return tf.reduce_sum(per_sample) / tf.cast(tf.shape(per_sample)[0], tf.float32)
+
+    @property
+    def short_name(self):
+        """Name of this loss's own metric, without the `_loss` suffix."""
+        raise NotImplementedError
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        try:
+            return cls(**config)
+        except TypeError as e:  # an argument this loss does not take
+            raise DistillationError(f"bad {cls.__name__} config {config!r}: {e}") from None
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class LogitsDistillation(DistillationLoss):
+    """Hinton et al.'s soft-target loss: KL(softmax(t/T) || softmax(s/T)) * T^2 per sample.
+
+    The T^2 factor keeps the gradients' size independent of T (Hinton et
+    al. 2015, section 2), so `student_loss_weight` means the same at any
+    temperature.
+
+    Example:
+        loss = LogitsDistillation(temperature=4.0)
+        loss(teacher_logits, student_logits)        # mean over the batch
+
+    Args:
+        temperature: > 0; higher spreads the teacher's probability over more
+            classes. 3 (Keras 3's default) to 5 is usual.
+    """
+
+    uses_logits = True
+
+    def __init__(self, temperature=3.0):
+        if not _is_number(temperature) or not temperature > 0:
+            raise DistillationError(f"temperature must be a number > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def call(self, teacher, student):
+        t = tf.cast(teacher, tf.float32) / self.temperature
+        s = tf.cast(student, tf.float32) / self.temperature
+        # log_softmax on both sides: finite even where a probability underflows.
+        log_t = tf.nn.log_softmax(t, axis=-1)
+        kl = tf.reduce_sum(tf.exp(log_t) * (log_t - tf.nn.log_softmax(s, axis=-1)), axis=-1)
+        kl = tf.reshape(kl, [tf.shape(kl)[0], -1])  # sequence outputs: mean over positions
+        return tf.reduce_mean(kl, axis=-1) * self.temperature ** 2
+
+    @property
+    def short_name(self):
+        return "logits"
+
+    def get_config(self):
+        return {"temperature": self.temperature}
+
+
+_FEATURE_LOSSES = {"mse": "mse", "mean_squared_error": "mse",
+                   "cosine": "cosine", "cosine_similarity": "cosine"}
+
+
+class FeatureDistillation(DistillationLoss):
+    """Matches an intermediate layer of the student to one of the teacher (FitNets hints).
+
+    When the two layers' last (channel) axes differ, the Distiller learns a
+    linear projection from the student's width to the teacher's (a 1x1
+    convolution on feature maps), trained with the student and dropped
+    afterwards: it is not part of `distiller.student`. All other axes must
+    agree (pick layers with the same spatial size).
+
+    Example:
+        FeatureDistillation("conv3", "conv3")                 # MSE, projected if widths differ
+        FeatureDistillation("relu2", "relu2", loss="cosine")
+
+    Args:
+        teacher_layer_name: a layer of the teacher, or None for its output.
+        student_layer_name: a layer of the student, or None for its output.
+            For a pruned or QAT student the wrapped layer's own name works
+            ("conv3" finds "prune_low_magnitude_conv3").
+        loss: "mse" (mean squared difference over all feature values) or
+            "cosine" (1 - cosine similarity along the channel axis, averaged
+            over positions; insensitive to the features' scale).
+    """
+
+    def __init__(self, teacher_layer_name=None, student_layer_name=None, loss="mse"):
+        for name, value in (("teacher_layer_name", teacher_layer_name),
+                            ("student_layer_name", student_layer_name)):
+            if value is not None and not (isinstance(value, str) and value):
+                raise DistillationError(f"{name} must be a layer name or None, got {value!r}")
+        if loss not in _FEATURE_LOSSES:
+            raise DistillationError(f"FeatureDistillation loss must be 'mse' or 'cosine', "
+                                    f"got {loss!r}")
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.loss = _FEATURE_LOSSES[loss]
+
+    def call(self, teacher, student):
+        t = tf.cast(teacher, tf.float32)
+        s = tf.cast(student, tf.float32)
+        if self.loss == "mse":
+            per_value = tf.math.squared_difference(t, s)
+        else:
+            per_value = 1.0 - tf.reduce_sum(tf.math.l2_normalize(t, axis=-1)
+                                            * tf.math.l2_normalize(s, axis=-1), axis=-1)
+        return tf.reduce_mean(tf.reshape(per_value, [tf.shape(per_value)[0], -1]), axis=-1)
+
+    @property
+    def short_name(self):
+        return f"feature_{self.student_layer_name or 'output'}"
+
+    def get_config(self):
+        return {"teacher_layer_name": self.teacher_layer_name,
+                "student_layer_name": self.student_layer_name, "loss": self.loss}
+
+
+# snake_case aliases, as in larq and Keras.
+logits_distillation = LogitsDistillation
+feature_distillation = FeatureDistillation
+
+# An explicit table (not a registry filled by import side effects).
+_BY_NAME = {
+    "logits": LogitsDistillation,
+    "logits_distillation": LogitsDistillation,
+    "LogitsDistillation": LogitsDistillation,
+    "feature": FeatureDistillation,
+    "feature_distillation": FeatureDistillation,
+    "FeatureDistillation": FeatureDistillation,
+}
+
+
+def _lookup(name):
+    if name not in _BY_NAME:
+        raise DistillationError(f"unknown distillation loss {name!r}; choose 'logits' or "
+                                "'feature' (or their class names)")
+    return _BY_NAME[name]
+
+
+def serialize(loss):
+    """`{"class_name": ..., "config": ...}`, the Keras form `get` reads back."""
+    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def get(identifier):
+    """Returns a distillation loss for a name, a config dict, a loss object or None.
+
+    Example:
+        get("logits")                                             # LogitsDistillation()
+        get({"class_name": "LogitsDistillation", "config": {"temperature": 4.0}})
+        get({"name": "feature", "teacher_layer_name": "conv3",
+             "student_layer_name": "conv3"})                      # recipe form
+
+    Raises:
+        DistillationError: for anything else, an unknown name or a bad config.
+    """
+    if identifier is None or isinstance(identifier, DistillationLoss):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _lookup(identifier)
+        if cls is FeatureDistillation:
+            raise DistillationError("a 'feature' distillation loss needs its layers: pass "
+                                    "FeatureDistillation(teacher_layer_name, student_layer_name) "
+                                    "or a dict with those keys")
+        return cls()
+    if isinstance(identifier, dict):
+        if "class_name" in identifier:
+            return _lookup(identifier["class_name"]).from_config(identifier.get("config", {}))
+        if "name" in identifier:
+            config = {k: v for k, v in identifier.items() if k != "name"}
+            return _lookup(identifier["name"]).from_config(config)
+        raise DistillationError(f"a distillation loss dict needs a 'class_name' (with "
+                                f"'config') or a 'name' key, got keys {sorted(identifier)}")
+    raise DistillationError(f"cannot interpret {identifier!r} as a distillation loss; pass "
+                            "'logits', a config dict, a LogitsDistillation/FeatureDistillation "
+                            "object or None")
+
+
+# ----------------------------------------------------------------- model checks
+
+
+def _input_specs(model):
+    """TensorSpecs of the model's inputs (batch dimension None), or None if unknown."""
+    if getattr(model, "inputs", None):
+        return [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
+    spec = model.save_spec(dynamic_batch=True) if model.built else None
+    if spec and spec[0]:
+        return tf.nest.flatten(spec[0][0])
+    return None
+
+
+def _output_kind(output):
+    """"softmax", "sigmoid" or "other" for an output tensor in a graph."""
+    op_type = getattr(getattr(output, "op", None), "type", None)
+    if op_type == "Softmax":
+        return "softmax"
+    if op_type == "Sigmoid":
+        return "sigmoid"
+    return "other"
+
+
+def _probe(model, specs, role):
+    """Traces `model` once: (output shape without batch, output kind).
+
+    The kind is read from the graph (the op that makes the output); an
+    output with no softmax op but whose rows are probability vectors on a
+    small random batch is "probabilities".
+    """
+    found = []
+
+    def run(*inputs):
+        outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+        if isinstance(outputs, (list, tuple, dict)):
+            raise DistillationError(
+                f"the {role} {model.name!r} has several outputs; the Distiller needs models with "
+                "one output (distill a multi-output model through FeatureDistillation on a "
+                "single-output sub-model)")
+        found.append(_output_kind(outputs))
+        return outputs
+
+    concrete = tf.function(run, autograph=False).get_concrete_function(*specs)
+    shape = tuple(concrete.structured_outputs.shape[1:])
+    kind = found[0]
+    if kind == "other":
+        batch = [np.random.default_rng(0).random((2,) + tuple(d or 1 for d in s.shape[1:]))
+                 .astype(s.dtype.as_numpy_dtype) if s.dtype.is_floating
+                 else np.zeros((2,) + tuple(d or 1 for d in s.shape[1:]), s.dtype.as_numpy_dtype)
+                 for s in specs]
+        values = np.asarray(model(batch[0] if len(batch) == 1 else batch, training=False))
+        if values.ndim >= 2 and values.shape[-1] > 1 and np.all(values >= 0) and np.allclose(
+                values.sum(axis=-1), 1.0, atol=1e-3):
+            kind = "probabilities"
+    return shape, kind
+
+
+def _layer_weights(model):
+    return {id(v): v for v in model.weights}
+
+
+def _shared_layers(teacher, student):
+    """Names of student layers whose weights the teacher also holds."""
+    shared = set(_layer_weights(teacher)) & set(_layer_weights(student))
+    if not shared:
+        return []
+    names = []
+    for layer in student.submodules:
+        if isinstance(layer, keras.layers.Layer) and any(id(w) in shared
+                                                         for w in layer.weights):
+            names.append(layer.name)
+    return sorted(set(names)) or ["(unnamed)"]
+
+
+def _find_layer(model, name, role):
+    """The top-level layer called `name`, or the wrapper (pruning, QAT) of a layer of that name."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.layers.Layer) and inner.name == name:
+            return layer
+    valid = [layer.name for layer in model.layers
+             if not isinstance(layer, keras.layers.InputLayer)]
+    raise DistillationError(
+        f"the {role} {model.name!r} has no layer {name!r}; its layers are: {', '.join(valid)}")
+
+
+def _pre_softmax(output, kind):
+    """The logits behind a model output (see the module docstring)."""
+    if kind == "logits":
+        return output
+    if not isinstance(output, tf.__internal__.EagerTensor) and output.op.type == "Softmax":
+        return output.op.inputs[0]
+    logits = getattr(output, "_keras_logits", None)
+    if logits is not None:
+        return logits
+    return tf.math.log(tf.maximum(tf.cast(output, tf.float32), _LOG_FLOOR))
+
+
+# ---------------------------------------------------------------------- Distiller
+
+
+class Distiller(keras.Model):
+    """Trains `student` on labels and on a frozen `teacher`'s outputs, with plain `fit`.
+
+    `call` runs the student, so `predict` and `evaluate` give the student's
+    outputs; `compute_loss` runs the teacher (`training=False`, never
+    updated: it is set non-trainable) and combines the losses as in the
+    module docstring. Keras 3's `keras.distillation.Distiller` has the same
+    arguments and meaning.
+
+    The student may be pruned (`tfcompress.pruning.prune`; pass
+    `pruning.pruning_callbacks()` to `fit`) or quantization-aware (TFMOT
+    QAT): distill while compressing. Afterwards `distiller.student` is an
+    ordinary model: strip it and save it with `tfcompress.save_model`. The
+    Distiller itself is not saved (`save` raises and says so); checkpoints
+    (`BackupAndRestore`, `save_weights`) work and resume.
+
+    Example:
+        distiller = Distiller(teacher, student, LogitsDistillation(temperature=4.0))
+        distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(),
+                          metrics=["accuracy"])
+        distiller.fit(x, y, epochs=3)
+        tfcompress.save_model(distiller.student, "student.keras")
+
+    Args:
+        teacher: a trained tf_keras model; set non-trainable here.
+        student: the tf_keras model to train; same input and output shapes.
+        distillation_losses: a distillation loss (object, name or dict, see
+            `get`) or a list of them. Default `LogitsDistillation()`.
+        distillation_loss_weights: one weight in [0, 1] per distillation
+            loss; default 1.0 each. They split the (1 - student_loss_weight)
+            share among the distillation losses.
+        student_loss_weight: weight in [0, 1] of the compiled (hard-label)
+            loss. 1 trains on labels only (the teacher is not run); 0 on the
+            teacher only, and then `compile(loss=None)` and `fit(x)` without
+            labels work.
+
+    Raises:
+        DistillationError: the teacher is the student or shares its layers;
+            input or output shapes differ; a weight outside [0, 1]; a
+            feature layer that does not exist (the message lists the valid
+            names); a sigmoid output with LogitsDistillation; a teacher
+            still wrapped for pruning.
+        TypeError: a model that is not a tf_keras model.
+    """
+
+    def __init__(self, teacher, student, distillation_losses=None, distillation_loss_weights=None,
+                 student_loss_weight=0.5, name="distiller", **kwargs):
+        teacher = ensure_tf_keras_model(teacher)
+        student = ensure_tf_keras_model(student)
+        losses, weights = _check_losses(distillation_losses, distillation_loss_weights)
+        student_loss_weight = _check_weight(student_loss_weight, "student_loss_weight")
+        plan = _check_models(teacher, student, losses)
+        super().__init__(name=name, **kwargs)
+        self.teacher = teacher
+        self.student = student
+        # The teacher's weights must stay bit-identical: not trainable (no
+        # gradients, no optimizer slots), and run with training=False (no
+        # BatchNorm statistics updates, no dropout).
+        self.teacher.trainable = False
+        self._setup(losses, weights, student_loss_weight, plan)
+        # Metric and projection variables are made here, inside whatever
+        # distribution strategy scope the Distiller is made in. The
+        # projections are tracked (trainable, checkpointed) but are not part
+        # of the student.
+        names = ["loss", "student_loss", "distillation_loss", "total_loss"]
+        if len(losses) > 1:
+            for loss in losses:
+                name = f"{loss.short_name}_loss"
+                while name in names:
+                    name = f"{name}_{len(names)}"
+                names.append(name)
+        self._trackers = [keras.metrics.Mean(name=name) for name in names]
+        self.projections = []
+        for index, (student_shape, width) in sorted(plan["projections"].items()):
+            layer = keras.layers.Dense(
+                width, name=f"projection_{index}_{losses[index].student_layer_name or 'output'}")
+            with tf.name_scope(layer.name):  # variables named after the layer, as in a call
+                layer.build((None,) + tuple(student_shape))
+            self.projections.append(layer)
+            self._projection_of[index] = layer
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _setup(self, losses, weights, student_loss_weight, plan):
+        # Untracked: plain Python objects, and extractor models whose layers
+        # (and so variables) belong to the teacher and student already.
+        self.distillation_losses = losses
+        self.distillation_loss_weights = weights
+        self.student_loss_weight = student_loss_weight
+        self._teacher_kind = plan["teacher_kind"]
+        self._student_kind = plan["student_kind"]
+        self._teacher_extractor = _extractor(self.teacher, plan["teacher_layers"])
+        self._student_extractor = _extractor(self.student, plan["student_layers"])
+        self._loss_inputs = plan["loss_inputs"]
+        self._projection_of = {}
+
+    # ------------------------------------------------------------------ Keras API
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """The ordinary Keras compile; `loss` is the student's hard-label loss.
+
+        `loss` may be None only with `student_loss_weight=0` (distillation
+        without labels).
+        """
+        if loss is None and self.student_loss_weight > 0:
+            raise DistillationError(
+                f"compile needs loss= (the student's hard-label loss, e.g. "
+                f"keras.losses.SparseCategoricalCrossentropy()) because student_loss_weight is "
+                f"{self.student_loss_weight:g}; to distill without labels build the Distiller "
+                "with student_loss_weight=0")
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=None):
+        """The student's outputs (its features for `compute_loss` ride along)."""
+        if self._student_extractor is None:
+            return self.student(inputs, training=training)
+        outputs = self._student_extractor(inputs, training=training)
+        prediction = outputs[0]
+        setattr(prediction, _FEATURES_ATTR, outputs)
+        return prediction
+
+    @property
+    def metrics(self):
+        # Our loss trackers instead of the compiled loss's "loss" metric,
+        # which would report the hard-label loss alone as "loss".
+        metrics = list(getattr(self, "_trackers", []))
+        if self._is_compiled and self.compiled_metrics is not None:
+            metrics += self.compiled_metrics.metrics
+        for layer in self._flatten_layers():
+            metrics.extend(layer._metrics)
+        return metrics
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        """The weighted total of the student and distillation losses (module docstring)."""
+        if y_pred is None:
+            y_pred = self(x, training=False)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch = tf.shape(y_pred)[0]
+        zero = tf.constant(0.0)
+        # The compiled loss is already divided among replicas (tf_keras
+        # compile_utils.LossesContainer); the trackers record per-replica
+        # means weighted by batch size, as Keras's own loss metric does.
+        student_loss = zero
+        if self.compiled_loss is not None and y is not None:
+            scaled = self.compiled_loss(y, y_pred, sample_weight)
+            if scaled is not None:
+                student_loss = tf.cast(scaled, tf.float32) * replicas
+        distillation_loss, each = zero, []
+        if self.student_loss_weight < 1.0:
+            each = self._distillation_losses(x, y_pred, sample_weight)
+            distillation_loss = tf.add_n([w * value for w, value in
+                                          zip(self.distillation_loss_weights, each)])
+        regularization = [tf.cast(loss, tf.float32) for loss in self.student.losses]
+        for layer in self.projections:
+            regularization += [tf.cast(loss, tf.float32) for loss in layer.losses]
+        regularization = tf.add_n(regularization) if regularization else zero
+        total = (self.student_loss_weight * student_loss
+                 + (1.0 - self.student_loss_weight) * distillation_loss + regularization)
+        weight = tf.cast(batch, tf.float32)
+        for tracker, value in zip(self._trackers, [total, student_loss, distillation_loss,
+                                                   total, *each]):
+            tracker.update_state(value, sample_weight=weight)
+        # Divided by the replica count like the compiled loss: gradients are
+        # summed across replicas, so the step is the global-batch mean.
+        return total / replicas
+
+    def _distillation_losses(self, x, y_pred, sample_weight):
+        """Each distillation loss's per-replica mean, unweighted."""
+        teacher_model = self._teacher_extractor or self.teacher
+        teacher_outputs = teacher_model(x, training=False)
+        if self._teacher_extractor is None:
+            teacher_outputs = [teacher_outputs]
+        student_outputs = getattr(y_pred, _FEATURES_ATTR, None)
+        if student_outputs is None:
+            if self._student_extractor is None:
+                student_outputs = [y_pred]
+            else:  # y_pred did not come from self.call: run the student again
+                student_outputs = self._student_extractor(x, training=False)
+        values = []
+        for index, (loss, (t, s)) in enumerate(zip(self.distillation_losses,
+                                                   self._loss_inputs)):
+            teacher, student = teacher_outputs[t], student_outputs[s]
+            if loss.uses_logits:
+                # Before stop_gradient: it would hide the Softmax op.
+                teacher = _pre_softmax(teacher, self._teacher_kind)
+                student = _pre_softmax(student, self._student_kind)
+            teacher = tf.stop_gradient(teacher)
+            if index in self._projection_of:
+                student = self._projection_of[index](student)
+            values.append(loss(teacher, student, sample_weight))
+        return values
+
+    def save(self, filepath, *args, **kwargs):
+        """Refused: save the student (the Distiller is a training harness)."""
+        raise DistillationError(
+            f"the Distiller is not saved as a model; save the student instead: "
+            f"tfcompress.save_model(distiller.student, {str(filepath)!r}) (strip pruning or "
+            "quantization wrappers first if you want a plain model). To checkpoint the "
+            "training itself use keras.callbacks.BackupAndRestore or save_weights")
+
+    def get_config(self):
+        raise NotImplementedError(
+            "the Distiller has no config to save; save distiller.student with "
+            "tfcompress.save_model")
+
+
+def _check_losses(distillation_losses, distillation_loss_weights):
+    if distillation_losses is None:
+        distillation_losses = [LogitsDistillation()]
+    elif isinstance(distillation_losses, (list, tuple)):
+        distillation_losses = list(distillation_losses)
+    else:
+        distillation_losses = [distillation_losses]
+    losses = [get(loss) for loss in distillation_losses]
+    if not losses or any(loss is None for loss in losses):
+        raise DistillationError("distillation_losses must hold at least one loss, and no None")
+    if distillation_loss_weights is None:
+        weights = [1.0] * len(losses)
+    else:
+        weights = (list(distillation_loss_weights)
+                   if isinstance(distillation_loss_weights, (list, tuple))
+                   else [distillation_loss_weights])
+        if len(weights) != len(losses):
+            raise DistillationError(
+                f"{len(weights)} distillation_loss_weights for {len(losses)} "
+                "distillation_losses; give one weight per loss")
+        weights = [_check_weight(w, f"distillation_loss_weights[{i}]")
+                   for i, w in enumerate(weights)]
+    return losses, weights
+
+
+def _check_models(teacher, student, losses):
+    """Validates the pair; returns what the Distiller needs to wire the losses."""
+    if teacher is student:
+        raise DistillationError(
+            f"teacher and student are the same model object ({student.name!r}): pass the "
+            "trained, larger model as teacher and a separate, new model as student")
+    shared = _shared_layers(teacher, student)
+    if shared:
+        raise DistillationError(
+            f"the teacher {teacher.name!r} and the student {student.name!r} share the weights "
+            f"of layer(s) {', '.join(shared[:5])}: training the student would change the "
+            "teacher. Build the student from new layers (keras.models.clone_model gives a copy)")
+    from tfcompress.pruning import is_pruned_model  # TFMOT is a dependency anyway
+    if is_pruned_model(teacher):
+        raise DistillationError(
+            f"the teacher {teacher.name!r} is still wrapped for pruning, and the pruning "
+            "callbacks would re-mask its weights; pass pruning.strip_pruning(teacher)")
+    if not student.trainable_weights:
+        raise DistillationError(f"the student {student.name!r} has no trainable weights; "
+                                "set student.trainable = True")
+    teacher_specs, student_specs = _input_specs(teacher), _input_specs(student)
+    if teacher_specs is None and student_specs is None:
+        raise DistillationError("neither model knows its input shape; build them with "
+                                "keras.Input (or call them once on data) first")
+    if teacher_specs is not None and student_specs is not None:
+        shapes = ([tuple(s.shape[1:]) for s in teacher_specs],
+                  [tuple(s.shape[1:]) for s in student_specs])
+        if shapes[0] != shapes[1]:
+            raise DistillationError(
+                f"input shapes differ: teacher {teacher.name!r} takes {shapes[0]}, student "
+                f"{student.name!r} takes {shapes[1]}; both must read the same inputs")
+    teacher_shape, teacher_kind = _probe(teacher, teacher_specs or student_specs, "teacher")
+    student_shape, student_kind = _probe(student, student_specs or teacher_specs, "student")
+    if teacher_shape != student_shape:
+        raise DistillationError(
+            f"output shapes differ: teacher {teacher.name!r} gives {teacher_shape}, student "
+            f"{student.name!r} gives {student_shape}; they must predict the same classes")
+    if any(loss.uses_logits for loss in losses):
+        for role, model, kind in (("teacher", teacher, teacher_kind),
+                                  ("student", student, student_kind)):
+            if kind == "sigmoid":
+                raise DistillationError(
+                    f"the {role} {model.name!r} ends in a sigmoid; LogitsDistillation compares "
+                    "softmax distributions, so it needs a softmax or logits output (use "
+                    "FeatureDistillation for other outputs)")
+    kinds = {"softmax": "softmax", "probabilities": "softmax"}
+    plan = {"teacher_kind": kinds.get(teacher_kind, "logits"),
+            "student_kind": kinds.get(student_kind, "logits"),
+            "teacher_layers": [], "student_layers": [], "loss_inputs": [], "projections": {}}
+    for index, loss in enumerate(losses):
+        t = _feature_index(teacher, loss.teacher_layer_name, "teacher", plan["teacher_layers"])
+        s = _feature_index(student, loss.student_layer_name, "student", plan["student_layers"])
+        plan["loss_inputs"].append((t, s))
+        if t or s:
+            t_shape = _feature_shape(teacher, plan["teacher_layers"], t, teacher_shape)
+            s_shape = _feature_shape(student, plan["student_layers"], s, student_shape)
+            if len(t_shape) != len(s_shape) or t_shape[:-1] != s_shape[:-1]:
+                raise DistillationError(
+                    f"{loss!r}: feature shapes differ in more than the channel axis: teacher "
+                    f"{t_shape}, student {s_shape}; pick layers with the same spatial size")
+            if t_shape[-1] != s_shape[-1]:
+                plan["projections"][index] = (s_shape, t_shape[-1])
+    return plan
+
+
+def _feature_index(model, name, role, layers):
+    """Position of `name`'s output in the extractor's outputs (0 is the model output)."""
+    if name is None:
+        return 0
+    if not (getattr(model, "inputs", None) and getattr(model, "outputs", None)):
+        raise DistillationError(
+            f"FeatureDistillation on layer {name!r} needs a functional or Sequential {role}; "
+            f"{model.name!r} is subclassed. Distill its output instead (layer name None)")
+    layer = _find_layer(model, name, role)
+    if layer not in layers:
+        layers.append(layer)
+    return 1 + layers.index(layer)
+
+
+def _feature_shape(model, layers, index, output_shape):
+    if index == 0:
+        return tuple(output_shape)
+    layer = layers[index - 1]
+    try:
+        return tuple(layer.output.shape[1:])
+    except AttributeError as e:  # a layer called more than once has no single output
+        raise DistillationError(f"layer {layer.name!r} of {model.name!r} is used more than "
+                                f"once, so its output is ambiguous: {e}") from None
+
+
+def _extractor(model, layers):
+    """One model giving [output, *layer outputs] from a single pass; None without layers."""
+    if not layers:
+        return None
+    return keras.Model(model.inputs, [model.outputs[0]] + [layer.output for layer in layers],
+                       name=f"{model.name}_features")
