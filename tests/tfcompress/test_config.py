@@ -16,7 +16,8 @@ def test_builtin_recipes_load_and_are_listed():
     recipe = load_recipe("fashion_mnist")
     assert [s.kind for s in recipe.stages] == ["train", "distill", "prune", "qat"]
     assert recipe.stages[2].settings.sparsity == 0.8
-    assert recipe.student.options == {"width": 8}
+    assert recipe.student.options == {"width": 12}
+    assert recipe.stages[2].settings.distill and recipe.stages[3].settings.distill
     assert "int8_full" in recipe.export.modes
 
 
