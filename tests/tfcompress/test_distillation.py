@@ -330,17 +330,22 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 class _Snapshots(keras.callbacks.Callback):
-    """The student's weights when training begins and at each epoch end."""
+    """The Distiller's weights and optimizer state when training begins and at each epoch end."""
 
     def __init__(self):
         super().__init__()
         self.at = {}
 
+    def _snapshot(self):
+        # Student, projection and teacher weights; optimizer step count and Adam slots.
+        return ([w.numpy() for w in self.model.weights],
+                [v.numpy() for v in self.model.optimizer.variables])
+
     def on_train_begin(self, logs=None):
-        self.at["begin"] = self.model.student.get_weights()
+        self.at["begin"] = self._snapshot()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.at[epoch] = self.model.student.get_weights()
+        self.at[epoch] = self._snapshot()
 
 
 def _pruned_distiller(seed):
@@ -377,9 +382,14 @@ def interrupted_run(tmp_path_factory):
 def test_backup_and_restore_resumes_a_distillation(interrupted_run):
     first, second, history, _ = interrupted_run
     assert history.epoch == [1, 2]
-    assert len(first.at[0]) == len(second.at["begin"])
-    for saved, restored in zip(first.at[0], second.at["begin"]):
+    (weights, optimizer), (restored_weights, restored_optimizer) = first.at[0], second.at["begin"]
+    assert len(weights) == len(restored_weights)
+    for saved, restored in zip(weights, restored_weights):
         np.testing.assert_array_equal(saved, restored)  # incl. pruning step counters and masks
+    assert int(restored_optimizer[0]) == STEPS  # the step count, so the schedules go on
+    assert len(optimizer) == len(restored_optimizer) > 1
+    for saved, restored in zip(optimizer, restored_optimizer):
+        np.testing.assert_array_equal(saved, restored)
 
 
 def test_pruned_student_reaches_its_target_sparsity(interrupted_run):
