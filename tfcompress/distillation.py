@@ -487,6 +487,11 @@ class Distiller(keras.Model):
                 layer.build((None,) + tuple(student_shape))
             self.projections.append(layer)
             self._projection_of[index] = layer
+        # Every variable exists now (teacher, student, projections), so the
+        # Distiller is built. Saying so matters to BackupAndRestore: for an
+        # unbuilt model it skips building the optimizer before restoring (a
+        # warning only), and the backup's optimizer slots are not restored.
+        self.built = True
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def _setup(self, losses, weights, student_loss_weight, plan):
