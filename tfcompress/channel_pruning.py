@@ -53,12 +53,12 @@ Criteria:
 """
 
 import dataclasses
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.layer_patterns import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
 __all__ = ["ChannelPruningError", "ChannelPruningConfig", "ChannelPlan", "ChannelMask",
@@ -86,17 +86,6 @@ def _check_ratio(value, name):
     return float(value)
 
 
-def _check_patterns(patterns, name):
-    if isinstance(patterns, (str, re.Pattern)):
-        patterns = [patterns]
-    patterns = tuple(patterns)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise ChannelPruningError(f"{name} entry {pattern!r} is not a layer name, class "
-                                      f"name or regular expression: {e}") from None
-    return patterns
 
 
 @dataclasses.dataclass
@@ -157,7 +146,7 @@ class ChannelPruningConfig:
             raise ChannelPruningError(f"unknown criterion {self.criterion!r}; choose one of "
                                       f"{', '.join(CRITERIA)}")
         self.per_layer = dict(self.per_layer)
-        _check_patterns(list(self.per_layer), "per_layer")
+        check_patterns(list(self.per_layer), "per_layer", ChannelPruningError)
         for pattern, ratio in self.per_layer.items():
             _check_ratio(ratio, f"per_layer[{pattern!r}]")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, (int, np.integer)) \
@@ -176,7 +165,7 @@ class ChannelPruningConfig:
                 raise ChannelPruningError(f"target_macs must be a MAC count >= 1 or a fraction "
                                           f"of the model's MACs in (0, 1), got "
                                           f"{self.target_macs!r}")
-        self.exclude = _check_patterns(self.exclude, "exclude")
+        self.exclude = check_patterns(self.exclude, "exclude", ChannelPruningError)
         for name in ("taylor_batches", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -188,8 +177,6 @@ class ChannelPruningConfig:
         return 0.5 if self.ratio is None else self.ratio
 
 
-def _matches(pattern, layer):
-    return re.fullmatch(pattern, layer.name) is not None or pattern == type(layer).__name__
 
 
 # ------------------------------------------------------------------------------- graph
@@ -730,12 +717,12 @@ def _group_ratios(graph, config):
     layers = {layer.name: layer for layer in graph.model.layers}
     names = ", ".join(layers)
     for pattern in config.exclude:
-        if not any(_matches(pattern, layer) for layer in layers.values()):
+        if not any(matches(pattern, layer) for layer in layers.values()):
             raise ChannelPruningError(f"exclude entry {pattern!r} matches no layer; the "
                                       f"model's layers are: {names}")
     prunable_layers = {name for group in graph.groups for name in group["layers"]}
     for pattern in config.per_layer:
-        hits = [layer for layer in layers.values() if _matches(pattern, layer)]
+        hits = [layer for layer in layers.values() if matches(pattern, layer)]
         if not hits:
             raise ChannelPruningError(f"per_layer entry {pattern!r} matches no layer; the "
                                       f"model's layers are: {names}")
@@ -760,12 +747,12 @@ def _group_ratios(graph, config):
     for group in graph.groups:
         members = [layers[name] for name in group["layers"]]
         if skipped & set(group["layers"]) or any(
-                _matches(p, layer) for p in config.exclude for layer in members):
+                matches(p, layer) for p in config.exclude for layer in members):
             ratios.append(None)
             continue
         ratio = "common"
         for pattern, value in config.per_layer.items():
-            if any(_matches(pattern, layer) for layer in members):
+            if any(matches(pattern, layer) for layer in members):
                 ratio = value
                 break
         ratios.append(ratio)

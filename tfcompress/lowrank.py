@@ -26,13 +26,13 @@ Reference:
 """
 
 import dataclasses
-import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from tfcompress.channel_pruning import clone_layer, graph_nodes, rebuild_model
 from tfcompress.errors import TfcompressError
+from tfcompress.layer_patterns import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras
 
 __all__ = ["LowRankError", "LowRankConfig", "factorize", "format_info", "choose_rank"]
@@ -93,25 +93,12 @@ class LowRankConfig:
             raise LowRankError(f"rank_multiple must be an integer >= 1, got "
                                f"{self.rank_multiple!r}")
         if self.layers is not None:
-            self.layers = _check_patterns(self.layers, "layers")
-        self.exclude = _check_patterns(self.exclude, "exclude")
+            self.layers = check_patterns(self.layers, "layers", LowRankError)
+        self.exclude = check_patterns(self.exclude, "exclude", LowRankError)
 
 
-def _check_patterns(patterns, name):
-    if isinstance(patterns, (str, re.Pattern)):
-        patterns = [patterns]
-    patterns = tuple(patterns)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise LowRankError(f"{name} entry {pattern!r} is not a layer name, class name or "
-                               f"regular expression: {e}") from None
-    return patterns
 
 
-def _matches(pattern, layer):
-    return re.fullmatch(pattern, layer.name) is not None or pattern == type(layer).__name__
 
 
 def choose_rank(singular_values, config):
@@ -159,7 +146,7 @@ def _select(model, config):
     names = ", ".join(layer.name for layer in model.layers)
     for field, patterns in (("layers", config.layers or ()), ("exclude", config.exclude)):
         for pattern in patterns:
-            if not any(_matches(pattern, layer) for layer in model.layers):
+            if not any(matches(pattern, layer) for layer in model.layers):
                 raise LowRankError(f"{field} entry {pattern!r} matches no layer; the model's "
                                    f"layers are: {names}")
     chosen, seen = [], set()
@@ -167,13 +154,13 @@ def _select(model, config):
         if layer.name in seen:
             continue
         seen.add(layer.name)
-        if any(_matches(p, layer) for p in config.exclude):
+        if any(matches(p, layer) for p in config.exclude):
             continue
         why = _why_not(layer, calls[layer.name])
         if config.layers is None:
             if why is None:
                 chosen.append(layer)
-        elif any(_matches(p, layer) for p in config.layers):
+        elif any(matches(p, layer) for p in config.layers):
             if why is not None and layer.name in config.layers:
                 raise LowRankError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be "
                                    f"factored: {why}; remove it from layers")

@@ -34,11 +34,11 @@ References:
     https://arxiv.org/abs/1608.03665 (group lasso on filters).
 """
 
-import re
 
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.layer_patterns import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
 __all__ = ["RegularizerError", "GroupLasso", "TARGETS", "add_sparsity_penalty",
@@ -118,38 +118,25 @@ def _check(target, l1, l2):
             raise RegularizerError(f"{name} must be a number >= 0, got {value!r}")
 
 
-def _patterns(patterns, name):
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    patterns = tuple(patterns)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise RegularizerError(f"{name} entry {pattern!r} is not a layer name, class name "
-                                   f"or regular expression: {e}") from None
-    return patterns
 
 
-def _matches(pattern, layer):
-    return re.fullmatch(pattern, layer.name) is not None or pattern == type(layer).__name__
 
 
 def _chosen(model, target, layers, exclude):
     """The layers of `model` whose `target` weights get the penalty."""
-    include = None if layers is None else _patterns(layers, "layers")
-    exclude = _patterns(exclude, "exclude")
+    include = None if layers is None else check_patterns(layers, "layers", RegularizerError)
+    exclude = check_patterns(exclude, "exclude", RegularizerError)
     names = ", ".join(layer.name for layer in model.layers)
     for field, patterns in (("layers", include or ()), ("exclude", exclude)):
         for pattern in patterns:
-            if not any(_matches(pattern, layer) for layer in model.layers):
+            if not any(matches(pattern, layer) for layer in model.layers):
                 raise RegularizerError(f"{field} entry {pattern!r} matches no layer; the "
                                        f"model's layers are: {names}")
     chosen = []
     for layer in model.layers:
-        if any(_matches(p, layer) for p in exclude):
+        if any(matches(p, layer) for p in exclude):
             continue
-        if include is not None and not any(_matches(p, layer) for p in include):
+        if include is not None and not any(matches(p, layer) for p in include):
             continue
         if _slot(layer, target) is None:
             if include is not None and layer.name in include:
