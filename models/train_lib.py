@@ -36,7 +36,6 @@ Example:
 
 import dataclasses
 import os
-import shutil
 import time
 
 import numpy as np
@@ -160,14 +159,13 @@ def _schedule(learning_rate, total_steps):
 
 
 def _fit(model, x, y, config, epochs, backup_dir, log_dir, callbacks):
-    """fit with resume-from-backup; returns (history, seconds)."""
-    all_callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
-                     keras.callbacks.TensorBoard(log_dir, update_freq="epoch"), *callbacks]
+    """fit with bit-exact resume from `backup_dir` (tfcompress.resume); returns (history, seconds)."""
+    from tfcompress import resume
     start = time.time()
-    history = model.fit(x, y, batch_size=config.batch_size, epochs=epochs, shuffle=True,
-                        callbacks=all_callbacks, verbose=config.verbose)
-    # Keras deletes the checkpoint after a finished fit but leaves the folder.
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    history = resume.resumable_fit(
+        model, x, y, config.batch_size, epochs, backup_dir, seed=config.seed,
+        callbacks=[keras.callbacks.TensorBoard(log_dir, update_freq="epoch"), *callbacks],
+        verbose=config.verbose)
     return history, time.time() - start
 
 

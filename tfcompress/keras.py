@@ -20,6 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+# Random layers (Dropout...) draw from a tf.random.Generator instead of legacy
+# stateful ops, so tfcompress.resume can reseed them per epoch: a resumed run
+# then draws the same masks as an uninterrupted one. Layers built from here on.
+keras.backend.experimental.enable_tf_random_generator()
+
 __all__ = ["keras", "tf", "ensure_tf_keras_model", "is_keras3_model"]
 
 

@@ -12,6 +12,7 @@ Example:
 """
 
 import datetime
+import io
 import json
 import os
 import platform
@@ -30,8 +31,18 @@ class ReportError(TfcompressError, ValueError):
 
 
 def _read(path):
-    with open(path) as f:
-        return json.load(f)
+    """A JSON object the pipeline wrote; ReportError naming the file if it is damaged."""
+    fix = ("rerun `tfcompress run` with the same --out to rewrite it, or delete that stage's "
+           "folder")
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ReportError(f"{path}: cannot read it ({' '.join(str(e).split())[:200]}); "
+                          f"{fix}") from e
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(value).__name__}; {fix}")
+    return value
 
 
 def _stage_names(out_dir):
@@ -240,13 +251,11 @@ def plot_pareto(report, path):
         ax.legend(loc="lower right")
     fig.suptitle(f"{report['recipe']['name']}: accuracy against size and latency")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    # Rendered in memory, then written atomically: a kill leaves no partial PNG.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    with open(tmp, "rb") as f:
-        data = f.read()
-    os.remove(tmp)
-    return write_bytes_atomic(path, data)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_report(out_dir, report):

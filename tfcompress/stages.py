@@ -14,7 +14,6 @@ Example:
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Optional
@@ -76,21 +75,18 @@ def with_teacher(model, settings, ctx):
 def fit(model, ctx, epochs, batch_size, callbacks=()):
     """`model.fit` with resume: returns {"epochs", "train_seconds", "history"}.
 
-    The backup in `ctx.work_dir/backup` is the resume point; Keras deletes its
-    checkpoint when fit finishes and we remove the folder.
+    The backup in `ctx.work_dir/backup` is the resume point; a run killed and
+    rerun ends with the same weights as one never killed (`tfcompress.resume`).
     """
+    from tfcompress import resume
     backup = os.path.join(ctx.work_dir, "backup")
-    if os.path.isdir(backup) and os.listdir(backup):
+    if resume.has_backup(backup):
         ctx.log(f"  resuming from the backup in {backup}")
-    if not model.built:
-        # BackupAndRestore silently does nothing for an unbuilt model (a fresh Distiller).
-        model(ctx.x_train[:1], training=False)
-    all_callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks, *ctx.callbacks]
     start = time.time()
-    history = model.fit(ctx.x_train, ctx.y_train, batch_size=batch_size, epochs=epochs,
-                        shuffle=True, callbacks=all_callbacks, verbose=_verbosity(ctx))
+    history = resume.resumable_fit(model, ctx.x_train, ctx.y_train, batch_size, epochs, backup,
+                                   seed=ctx.seed, callbacks=[*callbacks, *ctx.callbacks],
+                                   verbose=_verbosity(ctx))
     seconds = time.time() - start
-    shutil.rmtree(backup, ignore_errors=True)
     return {"epochs": epochs, "train_seconds": round(seconds, 2),
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
 
