@@ -13,13 +13,17 @@ Example:
     tfcompress train --model=small_cnn --model_options=width=8 \
         --teacher=runs/baseline/model.keras --distill_temperature=4 --distill_alpha=0.5 \
         --prune_sparsity=0.8 --cluster_clusters=16 --qat --model_dir=runs/student
+    python -m tfcompress.launch --num_workers=2 -- python -m models.train \
+        --strategy=multi_worker --epochs=5 --batch_size=128 --model_dir=runs/two_workers
 """
 
+import math
 import sys
 
 from absl import app, flags
 
 import models
+from tfcompress.distribute import STRATEGIES
 from tfcompress.errors import run_cli
 
 FLAGS = flags.FLAGS
@@ -76,6 +80,12 @@ flags.DEFINE_bool("qat", False, "Finish with quantization-aware training (prune/
                   "preserving as needed); model.keras is then the QAT model.")
 flags.DEFINE_integer("qat_epochs", 1, "Quantization-aware training epochs.", lower_bound=1)
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Peak learning rate of QAT.")
+flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
+                  "tf.distribute strategy: default (one device), mirrored (all local GPUs, else "
+                  "CPUs; TFCOMPRESS_CPU_DEVICES=N splits the CPU), multi_worker (the cluster in "
+                  "TF_CONFIG; on one machine: python -m tfcompress.launch --num_workers=2 -- "
+                  "python -m models.train ...); parameter_server is refused with the reason. "
+                  "--batch_size is then the global batch, split evenly over the replicas.")
 flags.DEFINE_enum("qat_scheme", "auto", ["auto", "default", "prune_preserving",
                                          "cluster_preserving", "prune_cluster_preserving"],
                   "QAT scheme; auto keeps what pruning/clustering made.")
@@ -98,8 +108,33 @@ def parse_model_options(items):
     return options
 
 
+def _check_finite_flags():
+    """Refuses NaN and Inf float flags.
+
+    NaN passes absl's bounds (every comparison with it is false) and Inf has no
+    bound: --learning_rate=inf trained to NaN weights and exited 0.
+    """
+    for name in FLAGS:
+        value = FLAGS[name].value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}")
+
+
+def _check_prune_structure():
+    """Parsed now, not when the pruning phase starts after the whole training run."""
+    if FLAGS.prune_structure:
+        from tfcompress import pruning
+        try:
+            pruning.PruningConfig(structure=FLAGS.prune_structure)
+        except ValueError as e:
+            raise ValueError(f"--prune_structure: {e}") from None
+
+
 def _train():
     from models.train_lib import TrainConfig, train
+    from tfcompress.checks import check_finite_weights
+    _check_finite_flags()
+    _check_prune_structure()
     config = TrainConfig(
         model=FLAGS.model, dataset=FLAGS.dataset, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
@@ -119,8 +154,11 @@ def _train():
         cluster_clusters=FLAGS.cluster_clusters, cluster_epochs=FLAGS.cluster_epochs,
         cluster_learning_rate=FLAGS.cluster_learning_rate, qat=FLAGS.qat,
         qat_epochs=FLAGS.qat_epochs, qat_learning_rate=FLAGS.qat_learning_rate,
-        qat_scheme=FLAGS.qat_scheme)
+        qat_scheme=FLAGS.qat_scheme, strategy=FLAGS.strategy)
     result = train(config)
+    # A diverged run still "finishes"; say so instead of printing a NaN-model accuracy.
+    check_finite_weights(result.model, f"the trained model (saved as {config.model_dir}/"
+                                       "model.keras)")
     m = result.metrics
     if "sparsity" in m:
         print(f"pruned: {m['sparsity']['sparsity']:.1%} of {m['sparsity']['weights']:,} weights "

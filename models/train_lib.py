@@ -42,7 +42,7 @@ import numpy as np
 
 import models
 from tfcompress import data as data_lib
-from tfcompress.keras import keras
+from tfcompress.keras import keras, tf
 from tfcompress.saving import load_model, save_model, write_json_atomic
 
 
@@ -84,9 +84,18 @@ class TrainConfig:
     qat_epochs: int = 1
     qat_learning_rate: float = 1e-4
     qat_scheme: str = "auto"
+    # tf.distribute strategy (tfcompress.distribute): default, mirrored, multi_worker.
+    # batch_size is then the global batch, split evenly over the replicas.
+    strategy: str = "default"
 
     def validate(self):
         """Raises ValueError naming the first bad field."""
+        from tfcompress import distribute
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
+                             f"{', '.join(distribute.STRATEGIES)}")
+        for phase in ["distill" if self.teacher else "train", *self.later_phases]:
+            distribute.check_supported(phase, self.strategy)  # before anything trains
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of "
                              f"{', '.join(models.list_models())}")
@@ -216,6 +225,8 @@ def _stage_context(ds, x, y, config, callbacks, log_name):
     return stages.StageContext(
         x, y, ds.x_test, ds.y_test, work_dir=config.model_dir, seed=config.seed,
         verbose=config.verbose, callbacks=(tensorboard, *callbacks),
+        # `train` runs everything in the strategy's scope; the stages need it too.
+        strategy=tf.distribute.get_strategy() if tf.distribute.has_strategy() else None,
         log=lambda line: print(line, flush=True) if config.verbose else None,
         earlier_stages=tuple(p for p in ("prune", "cluster") if p in config.later_phases))
 
@@ -271,6 +282,12 @@ def _late_phase(phase, model, ds, x, y, config, callbacks):
 def train(config, callbacks=(), dataset=None):
     """Trains (and optionally prunes) per `config`; see the module docstring.
 
+    Under `config.strategy` everything runs in the strategy's scope (models,
+    optimizers and metrics are made there) and `config.batch_size` is the
+    global batch. Under multi_worker only the chief writes into
+    `config.model_dir`; the other workers write into a throwaway folder but
+    train against the chief's backups (BackupAndRestore's own scheme).
+
     Args:
         config: a TrainConfig.
         callbacks: extra Keras callbacks.
@@ -279,16 +296,35 @@ def train(config, callbacks=(), dataset=None):
     Returns:
         TrainResult with the trained model, the metrics dict and the history.
     """
+    from tfcompress import distribute
     config.validate()
+    strategy = distribute.make_strategy(config.strategy)
+    if config.strategy == "default":
+        return _train(config, callbacks, dataset, config.model_dir)
+    distribute.per_replica_batch_size(config.batch_size, strategy)  # raises if uneven
+    if config.verbose:
+        print(distribute.describe(strategy, config.batch_size), flush=True)
+    with strategy.scope():
+        result = _train(config, callbacks, dataset, distribute.write_dir(config.model_dir))
+    distribute.sync_from_chief(strategy)  # the other workers wait for the chief to finish
+    return result
+
+
+def _train(config, callbacks, dataset, out_dir):
+    """`train` in the strategy's scope; writes go to `out_dir` (model_dir on the chief)."""
+    from tfcompress import distribute
+    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
     ds = dataset or data_lib.load_dataset(config.dataset)
     x_train, y_train = data_lib.subsample(ds.x_train, ds.y_train, config.max_train_samples,
                                           config.seed)
     keras.utils.set_random_seed(config.seed)
     os.makedirs(config.model_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     dense_path = os.path.join(config.model_dir, "dense.keras")
     pruning_run = bool(config.later_phases)
     history, train_seconds, epochs_run = None, 0.0, 0
-    if pruning_run and os.path.exists(dense_path):
+    # Every worker takes the chief's decision (they run collectives together).
+    if pruning_run and distribute.sync_from_chief(strategy, os.path.exists(dense_path)):
         model = load_model(dense_path)  # the dense phase finished in an earlier run
         if config.verbose:
             print(f"dense phase already done: reusing {dense_path}", flush=True)
@@ -309,7 +345,7 @@ def train(config, callbacks=(), dataset=None):
                                           os.path.join(config.model_dir, "logs"), callbacks)
             epochs_run = len(history.epoch)
         if pruning_run:
-            save_model(model, dense_path)
+            save_model(model, os.path.join(out_dir, "dense.keras"))
     metrics = {}
     if pruning_run:
         _compile(model, config.learning_rate, None)
@@ -356,7 +392,12 @@ def train(config, callbacks=(), dataset=None):
         "wall_time_s": round(train_seconds, 2),
         "seed": config.seed,
     })
-    save_model(model, os.path.join(config.model_dir, "model.keras"))
-    write_json_atomic(os.path.join(config.model_dir, "metrics.json"), metrics)
+    if strategy is not None:
+        metrics.update(strategy=config.strategy, replicas=distribute.num_replicas(strategy),
+                       global_batch_size=config.batch_size,
+                       per_replica_batch_size=distribute.per_replica_batch_size(
+                           config.batch_size, strategy))
+    save_model(model, os.path.join(out_dir, "model.keras"))
+    write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return TrainResult(model=model, metrics=metrics,
                        history=history.history if history is not None else {})

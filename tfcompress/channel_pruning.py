@@ -57,6 +57,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.layer_patterns import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
@@ -1020,6 +1021,8 @@ def prune_channels(model, config=None, data=None, loss=None):
     if config.criterion == "taylor" and data is None:
         raise ChannelPruningError("criterion 'taylor' needs data=(x, y): a few batches of "
                                   "training samples to take gradients on")
+    # NaN filter norms sort arbitrarily: the wrong channels would be removed.
+    check_finite_weights(model, "the model to channel-prune")
     plan = _plan(_Graph(model), config, data, loss)
     thin = _thin_model(model, plan)
     params = {layer.name: layer.count_params() for layer in model.layers}

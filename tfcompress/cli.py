@@ -35,13 +35,19 @@ def _export(args):
     from tflite_export.convert import export
     modes = args.mode or ["float32"]
     calib = None
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration_samples must be >= 1, got {args.calibration_samples}")
     if args.calibration:
         calib = calibration_samples(load_dataset(args.calibration).x_train,
                                     args.calibration_samples, seed=args.seed)
     if args.sparse and modes != ["float32"]:
         print("note: --sparse applies to the float32 export only", file=sys.stderr)
-    export(args.model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
-           sparse=args.sparse, log=lambda line: print(line, flush=True))
+    model, name = args.model, None
+    if args.allow_unsafe:
+        model = tfcompress.load_model(args.model, allow_unsafe=True)
+        name = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
+    export(model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
+           sparse=args.sparse, name=name, log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -71,10 +77,13 @@ def _evaluate(args):
     if args.layer_errors and not args.keras:
         raise ValueError("--layer_errors needs --keras MODEL: the per-layer error is measured by "
                          "re-converting the Keras model with the quantization debugger")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ValueError(f"--max_samples must be >= 1, got {args.max_samples}")
     ds = load_dataset(args.data)
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
     result = evaluate_tflite(args.file, x, y, progress=not args.json, max_samples=args.max_samples)
-    keras_model = tfcompress.load_model(args.keras) if args.keras else None
+    keras_model = (tfcompress.load_model(args.keras, allow_unsafe=args.allow_unsafe)
+                   if args.keras else None)
     if keras_model is not None:
         result["keras_agreement"] = compare_with_keras(args.file, keras_model, x,
                                                        max_samples=args.max_samples)
@@ -163,8 +172,16 @@ def _bench(args):
     return 1 if result["failures"] else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one `error:` line (as everywhere else), not a usage dump."""
+
+    def error(self, message):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfcompress",
         description="Compress tf_keras models for mobile and Edge TPU deployment.")
     parser.add_argument("--version", action="version",
@@ -188,6 +205,8 @@ def build_parser():
     p.add_argument("--sparse", action="store_true",
                    help="store pruned float32 weights sparse (float32 only)")
     p.add_argument("--out", required=True, help="output folder; files are NAME_MODE.tflite")
+    p.add_argument("--allow_unsafe", action="store_true",
+                   help="load a model that holds code (Lambda layers...; trusted files only)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect", help="ops, dtypes, sizes, MACs of a .tflite; Edge TPU check")
@@ -205,6 +224,9 @@ def build_parser():
     p.add_argument("--keras", metavar="MODEL", help="also report agreement with this Keras model")
     p.add_argument("--layer_errors", action="store_true",
                    help="per-layer int8 quantization error of the --keras model, worst first")
+    p.add_argument("--allow_unsafe", action="store_true",
+                   help="load a --keras model that holds code (Lambda layers...; trusted "
+                        "files only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_evaluate)
 
@@ -213,7 +235,7 @@ def build_parser():
     p.add_argument("--structure", help="also check a structure: M:N such as 2:4, or a block 1x4")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--allow_unsafe", action="store_true",
-                   help="allow Lambda layers with Python code (trusted files only)")
+                   help="load a model that holds code (Lambda layers...; trusted files only)")
     p.set_defaults(func=_sparsity)
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.set_defaults(func=_recipes)

@@ -54,6 +54,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tfcompress import quantization
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfcompress.keras)
@@ -93,6 +94,10 @@ def _check_patterns(patterns, field):
     patterns = tuple(patterns)
     for pattern in patterns:
         if isinstance(pattern, type):
+            if (pattern.__module__ or "").split(".")[0] == "keras":
+                raise ClusteringError(f"{field}: {pattern.__module__}.{pattern.__name__} is a "
+                                      "Keras 3 class; models here are tf_keras models: give the "
+                                      f"class name {pattern.__name__!r} or tf_keras's class")
             if not issubclass(pattern, keras.layers.Layer):
                 raise ClusteringError(f"{field}: {pattern.__name__} is not a Keras layer class")
             continue
@@ -275,6 +280,12 @@ def _select(model, config):
 
     plan = [(layer, clusters(layer)) for layer in chosen]
     small = [(layer, n) for layer, n in plan if _too_small(layer, weights[id(layer)], n, config)]
+    if small and len(small) == len(plan):
+        raise ClusteringError(
+            f"no layer of {model.name!r} can be clustered: every selected kernel has no more "
+            "weights than clusters (" + ", ".join(f"{layer.name}: {n} clusters"
+                                                  for layer, n in small)
+            + "); lower number_of_clusters (16 is usual)")
     if small:
         warnings.warn(
             "left unclustered, their kernels (per channel with per_channel) have no more "
@@ -344,6 +355,8 @@ def cluster(model, config=None):
     if quantization.is_qat_model(model):
         raise ClusteringError(f"model {model.name!r} is quantization-aware; cluster before "
                               "QAT and use the cluster_preserving QAT scheme")
+    # NaN weights make NaN centroids, and every clustered weight NaN with them.
+    check_finite_weights(model, "the model to cluster")
     try:
         # Copying rebuilds layers from their configs; a Lambda layer of this
         # in-memory model is the caller's own code, so safe mode is off for it.

@@ -27,8 +27,10 @@ Example:
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
+import re
 import typing
 from typing import Optional
 
@@ -77,6 +79,14 @@ class ModelSpec:
         if self.model and self.model not in models.MODELS:
             raise RecipeError(f"{where}.model: unknown zoo model {self.model!r}; valid: "
                               f"{', '.join(models.list_models())}")
+        if self.model:
+            # Checked now: a student's options are otherwise read only after the teacher trained.
+            valid = [p for p in inspect.signature(models.MODELS[self.model]).parameters
+                     if p not in ("input_shape", "num_classes")]
+            unknown = sorted(set(self.options) - set(valid))
+            if unknown:
+                raise RecipeError(f"{where}.options: zoo model {self.model!r} has no option "
+                                  f"{unknown[0]!r}; valid: {', '.join(valid)}")
         if self.path is not None and not isinstance(self.path, str):
             raise RecipeError(f"{where}.path must be a file path, got {self.path!r}")
         if self.path and not os.path.exists(self.path):
@@ -187,6 +197,8 @@ STAGES = {"train": TrainStage, "distill": DistillStage, "prune": PruneStage,
           "channel_prune": ChannelPruneStage, "lowrank": LowRankStage,
           "cluster": ClusterStage, "qat": QATStage}
 CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+# tfcompress.clustering.INITS (not imported: that would import TensorFlow).
+CLUSTER_INITS = ("kmeans++", "linear", "density", "random")
 QAT_SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
                "prune_cluster_preserving")
 
@@ -232,6 +244,9 @@ class Recipe:
     stages: list = dataclasses.field(default_factory=list)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
+    # tf.distribute strategy of the training stages (tfcompress.distribute): default,
+    # mirrored, multi_worker. Not in the stage hash: a run may resume under another.
+    strategy: str = "default"
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -340,15 +355,27 @@ def _validate_stage(kind, s, where):
         _number_in(s.alpha, 0, 1, where + ".alpha")
     if kind == "prune":
         _number_in(s.sparsity, 0, 1, where + ".sparsity", lo_open=True, hi_open=True)
+        # The same forms tfcompress.pruning accepts, checked before any stage trains.
+        if s.structure is not None and not re.fullmatch(r"\s*\d+\s*[:xX]\s*\d+\s*",
+                                                        s.structure):
+            raise RecipeError(f"{where}.structure: {s.structure!r} is not 'M:N' (e.g. '2:4') "
+                              "or a block 'HxW' (e.g. '1x4'); null for unstructured")
+        if not all(isinstance(p, str) for p in s.exclude):
+            raise RecipeError(f"{where}.exclude must be a list of layer names or regular "
+                              f"expressions, got {s.exclude!r}")
         if s.schedule not in ("polynomial", "constant"):
             raise RecipeError(f"{where}.schedule: unknown {s.schedule!r}; valid: polynomial, "
                               f"constant")
     if kind == "cluster":
-        if s.clusters < 2:
-            raise RecipeError(f"{where}.clusters must be >= 2, got {s.clusters}")
-        if s.init not in ("kmeans++", "linear", "random", "density-based"):
-            raise RecipeError(f"{where}.init: unknown {s.init!r}; valid: kmeans++, linear, "
-                              f"random, density-based")
+        # One cluster holds the zeros when sparsity is preserved (tfcompress.clustering).
+        minimum = 3 if s.preserve_sparsity else 2
+        if s.clusters < minimum:
+            raise RecipeError(f"{where}.clusters must be >= {minimum}"
+                              f"{' with preserve_sparsity' if s.preserve_sparsity else ''}, "
+                              f"got {s.clusters}")
+        if s.init not in CLUSTER_INITS:
+            raise RecipeError(f"{where}.init: unknown {s.init!r}; valid: "
+                              f"{', '.join(CLUSTER_INITS)}")
     if kind == "channel_prune":
         if (s.ratio is None) == (s.target_macs is None):
             raise RecipeError(f"{where}: give ratio (fraction of channels removed) or "
@@ -368,6 +395,24 @@ def _validate_stage(kind, s, where):
             _number_in(s.rank_ratio, 0, 1, where + ".rank_ratio", lo_open=True)
     if kind == "qat" and s.scheme not in QAT_SCHEMES:
         raise RecipeError(f"{where}.scheme: unknown {s.scheme!r}; valid: {', '.join(QAT_SCHEMES)}")
+
+
+def _validate_benchmark(bench):
+    """Checked up front: otherwise a bad device fails only after every stage has trained."""
+    _number_in(bench.min_seconds, 0, float("inf"), "benchmark.min_seconds", hi_open=True)
+    if bench.warmup < 0:
+        raise RecipeError(f"benchmark.warmup must be >= 0, got {bench.warmup}")
+    if not bench.devices:
+        return
+    from tflite_export import benchmark  # no TensorFlow import: cheap
+    try:
+        profiles = benchmark.load_profiles(bench.devices_file)
+    except TfcompressError as e:
+        raise RecipeError(f"benchmark.devices_file: {e}") from None
+    unknown = [d for d in bench.devices if d not in profiles]
+    if unknown:
+        raise RecipeError(f"benchmark.devices: unknown device profile {unknown[0]!r}; valid: "
+                          f"{', '.join(profiles)} (add your own with benchmark.devices_file)")
 
 
 def _parse_stage(item, index):
@@ -415,6 +460,19 @@ def recipe_from_dict(values):
     return recipe
 
 
+def _validate_strategy(recipe):
+    """The strategy exists and every stage runs under it (checked before anything trains)."""
+    from tfcompress import distribute  # no TensorFlow import at this point
+    if recipe.strategy not in distribute.STRATEGIES:
+        raise RecipeError(f"recipe.strategy: unknown {recipe.strategy!r}; valid: "
+                          f"{', '.join(distribute.STRATEGIES)}")
+    for i, stage in enumerate(recipe.stages):
+        try:
+            distribute.check_supported(stage.kind, recipe.strategy)
+        except distribute.DistributeError as e:
+            raise RecipeError(f"stages[{i}]: {e}") from None
+
+
 def validate(recipe):
     """Cross-section checks; raises RecipeError."""
     if isinstance(recipe.seed, bool) or not isinstance(recipe.seed, int) or recipe.seed < 0:
@@ -424,10 +482,12 @@ def validate(recipe):
     recipe.student.validate("student")
     _validate_modes(recipe.export.modes, "export.modes")
     _positive(recipe.export.batch_size, "export.batch_size")
+    _validate_strategy(recipe)
     if not isinstance(recipe.benchmark.devices, list):
         raise RecipeError("benchmark.devices must be a list of device profile names "
                           "(tfcompress bench --list-devices)")
     _positive(recipe.benchmark.runs, "benchmark.runs")
+    _validate_benchmark(recipe.benchmark)
     kinds = [s.kind for s in recipe.stages]
     if not recipe.teacher.given:
         raise RecipeError("teacher: give model (a zoo name, trained by a train stage) or path "
@@ -467,6 +527,9 @@ def _read(path):
             text = f.read()
     except OSError as e:
         raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not a text (YAML or JSON) recipe file: byte "
+                          f"{e.start} is not UTF-8") from e
     try:
         if path.endswith(".json"):
             return json.loads(text)
@@ -483,16 +546,28 @@ def _apply_override(values, override):
         raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.train.epochs=1")
     path, raw = override.split("=", 1)
     keys = path.strip().split(".")
+    if not all(keys):
+        raise RecipeError(f"--set {override!r}: empty key in {path.strip()!r}; keys are joined "
+                          "by single dots, e.g. stages.0.train.epochs=1")
     target = values
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         if isinstance(target, list):
             if not key.isdigit() or int(key) >= len(target):
                 raise RecipeError(f"--set {path}: no list item {key!r}")
             target = target[int(key)]
-        else:
+        elif isinstance(target, dict):
             target = target.setdefault(key, {})
+        else:
+            # e.g. seed.x=1: seed is a number, so it has no keys to set.
+            raise RecipeError(f"--set {path}: {'.'.join(keys[:depth])} is "
+                              f"{target!r}, not a mapping or list, so it has no key {key!r}")
     last = keys[-1]
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {override!r}: the value is not valid YAML "
+                          f"({' '.join(str(e).split())[:200]}); write a YAML value such "
+                          "as 1, 0.5, true, null, [a, b] or a quoted string") from e
     if isinstance(target, list):
         if not last.isdigit() or int(last) >= len(target):
             raise RecipeError(f"--set {path}: no list item {last!r}")
@@ -500,7 +575,8 @@ def _apply_override(values, override):
     elif isinstance(target, dict):
         target[last] = value
     else:
-        raise RecipeError(f"--set {path}: {'.'.join(keys[:-1])} is not a mapping")
+        raise RecipeError(f"--set {path}: {'.'.join(keys[:-1])} is {target!r}, not a mapping "
+                          f"or list, so it has no key {last!r}")
 
 
 def load_recipe(name_or_path, overrides=()):
@@ -512,6 +588,8 @@ def load_recipe(name_or_path, overrides=()):
         if not os.path.isfile(path):
             raise RecipeError(f"no built-in recipe {name_or_path!r}; built-in: "
                               f"{', '.join(list_recipes())} (or give a YAML/JSON file)")
+    elif os.path.isdir(name_or_path):
+        raise RecipeError(f"recipe {name_or_path} is a folder; give a YAML or JSON recipe file")
     else:
         raise RecipeError(f"recipe file {name_or_path} does not exist")
     values = _read(path)

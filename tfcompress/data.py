@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from tfcompress.errors import DataError
+from tfcompress.errors import DataError, run_cli
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -41,6 +41,9 @@ _FASHION_FILES = {
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPEC_HELP = ("use fashion_mnist, fashion_mnist:DIR, npz:PATH, imagefolder:PATH "
              "or tfds:NAME")
+# Without a 'labels' array the class count is the largest id + 1; a stray huge id
+# (2**40) would otherwise allocate a name per class until memory runs out.
+MAX_CLASSES = 100_000
 
 
 @dataclasses.dataclass
@@ -122,6 +125,8 @@ def read_idx(path):
         raise DataError(f"{path}: cannot read IDX file: {e}") from e
     except EOFError as e:
         raise DataError(f"{path}: truncated gzip stream (re-download or reinstall the file)") from e
+    if not raw:
+        raise DataError(f"{path}: empty IDX file (re-download or reinstall the file)")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     dtype_code, ndim = raw[2], raw[3]
@@ -133,8 +138,9 @@ def read_idx(path):
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
+        shape = dims if ndim <= 4 else f"{ndim} dimensions"  # a corrupt header: keep it short
         raise DataError(f"{path}: truncated or corrupt IDX file: {len(raw)} bytes, "
-                        f"header says {dims} needs {expected}")
+                        f"header says {shape} needs {expected}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -166,6 +172,9 @@ def load_fashion_mnist(data_dir=None, download=True):
         download: fall back to `keras.datasets.fashion_mnist` (needs internet).
     """
     arrays, source = None, None
+    if data_dir and os.path.isfile(data_dir):
+        raise DataError(f"{data_dir}: is a file; give the folder that holds the four "
+                        "Fashion-MNIST IDX files")
     for directory in _fashion_dirs(data_dir):
         paths = {k: _find_idx(directory, stem) for k, stem in _FASHION_FILES.items()}
         if all(paths.values()):
@@ -180,13 +189,19 @@ def load_fashion_mnist(data_dir=None, download=True):
             raise DataError("Fashion-MNIST not found in " + ", ".join(_fashion_dirs(None))
                             + "; run `make data` or apt-get install dataset-fashion-mnist")
         arrays, source = _download_fashion_mnist(), "keras.datasets.fashion_mnist (download)"
+    fix = "reinstall the files (apt-get install --reinstall dataset-fashion-mnist, or `make data`)"
     for k in ("x_train", "x_test"):
-        if arrays[k].ndim != 3:
-            raise DataError(f"{source}: {k} has shape {arrays[k].shape}, expected (N, 28, 28)")
+        if arrays[k].ndim != 3 or arrays[k].shape[1:] != (28, 28) or not len(arrays[k]):
+            raise DataError(f"{source}: {k} has shape {arrays[k].shape}, expected (N, 28, 28) "
+                            f"with N >= 1; {fix}")
     for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
         if len(arrays[x]) != len(arrays[y]):
             raise DataError(f"{source}: {x} has {len(arrays[x])} images but {y} "
                             f"has {len(arrays[y])} labels")
+        # Sparse categorical cross-entropy turns an id >= 10 into a NaN loss, silently.
+        if arrays[y].max() >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{source}: {y} has class id {int(arrays[y].max())}, but "
+                            f"Fashion-MNIST has {len(FASHION_MNIST_CLASSES)} classes (0-9); {fix}")
     return Dataset(
         name="fashion_mnist",
         x_train=_to_float_images(arrays["x_train"]),
@@ -211,17 +226,51 @@ def _download_fashion_mnist():
     return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
+def _features(x, path, key):
+    """Checks that `x` holds real numbers in rows (N, ...), at least one."""
+    x = np.asarray(x)
+    # Complex values would lose their imaginary part in the cast; strings fail it.
+    if x.ndim < 2 or not _is_real_number_dtype(x.dtype):
+        raise DataError(f"{path}: '{key}' must be a numeric array (N, ...) of integers or "
+                        f"floats, got {x.dtype} {x.shape}")
+    if len(x) == 0:
+        raise DataError(f"{path}: '{key}' is empty (0 rows); it needs at least one sample")
+    return x
+
+
+def _finite_images(x, path, key):
+    """`x` as float32 images; NaN/Inf (also float64 values beyond float32) refused."""
+    x = _to_float_images(x)
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = int((~finite.reshape(len(x), -1)).any(axis=1).sum())
+        raise DataError(f"{path}: '{key}' contains NaN or Inf values (in {rows} of {len(x)} "
+                        "rows; values beyond float32's range count too); clean or drop those "
+                        "rows")
+    return x
+
+
 def _to_float_images(x):
     """uint8 -> float32 in [0, 1], other types -> float32; (N, H, W) gets a channel axis."""
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become Inf; callers check
+        return x.astype(np.float32)
+
+
+def _is_real_number_dtype(dtype):
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def _labels(y, path, key):
     y = np.asarray(y)
+    if not (_is_real_number_dtype(y.dtype) or y.dtype == np.bool_):
+        # Strings or complex numbers: np.mod below would fail with a numpy TypeError.
+        raise DataError(f"{path}: {key} must hold integer class ids (or one-hot rows), got "
+                        f"{y.dtype} values; map class names to ids 0..N-1 (and store the "
+                        "names as 'labels')")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot
         y = y.argmax(axis=1)
     y = y.reshape(-1) if y.ndim == 2 else y
@@ -237,6 +286,9 @@ def _labels(y, path, key):
 def _split(x, y, test_fraction, seed):
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if len(x) < 2:
+        raise DataError(f"cannot split {len(x)} sample(s) into training and test sets; give "
+                        "at least 2 samples, or the test split as 'x_test' and 'y_test'")
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = order[:n_test], order[n_test:]
@@ -251,13 +303,32 @@ def load_npz(path, test_fraction=0.2, seed=0):
 
     Without `x_test`, `test_fraction` of the rows is held out by a seeded split.
     """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; give an .npz file (npz:PATH)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such npz file")
+    fix = "save it with np.savez(path, x=..., y=...)"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read npz file: {e.strerror or e}") from e
+    # np.load reads a .npy as one array and tries anything else as a pickle,
+    # whose refusal would wrongly suggest allow_pickle for a corrupt file.
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: cannot read npz file: it is a .npy file (a single array); {fix}")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: cannot read npz file: it is not a zip archive (empty, "
+                        f"truncated, corrupt or another format); {fix}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled), OSError
-        raise DataError(f"{path}: cannot read npz file: {' '.join(str(e).split())}") from e
+    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled), OSError, zlib.error
+        reason = f"{' '.join(str(e).split())} (truncated or corrupt?)"
+        if "allow_pickle" in reason:
+            reason = ("it holds object (pickled) arrays, which are refused because unpickling "
+                      "can run code; store numeric arrays")
+        raise DataError(f"{path}: cannot read npz file: {reason}; {fix}") from e
     if "x" not in arrays and {"x_int8", "input_scale", "input_zero_point"} <= set(arrays):
         # Quantized features as MLPerf Tiny ships them: x = (x_int8 - zero_point) * scale.
         arrays["x"] = ((arrays["x_int8"].astype(np.float32) - float(arrays["input_zero_point"]))
@@ -268,20 +339,12 @@ def load_npz(path, test_fraction=0.2, seed=0):
                         f"'y_test'); missing {missing}, found {sorted(arrays)}")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
-    x = arrays["x"]
-    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number)):
-        raise DataError(f"{path}: 'x' must be a numeric array (N, ...), got {x.dtype} {x.shape}")
-    y = _labels(arrays["y"], path, "y")
+    x, y = _features(arrays["x"], path, "x"), _labels(arrays["y"], path, "y")
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}")
-    if len(x) == 0:
-        raise DataError(f"{path}: 'x' is empty")
-    x = _to_float_images(x)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: 'x' contains NaN or Inf values")
+    x = _finite_images(x, path, "x")
     if "x_test" in arrays:
-        xt = arrays["x_test"]
-        xt = _to_float_images(xt)
+        xt = _finite_images(_features(arrays["x_test"], path, "x_test"), path, "x_test")
         yt = _labels(arrays["y_test"], path, "y_test")
         if xt.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: 'x_test' rows have shape {xt.shape[1:]} but 'x' rows "
@@ -291,6 +354,10 @@ def load_npz(path, test_fraction=0.2, seed=0):
     else:
         x, y, xt, yt = _split(x, y, test_fraction, seed)
     n_classes = int(max(y.max(), yt.max() if len(yt) else 0)) + 1
+    if n_classes > MAX_CLASSES and "labels" not in arrays:
+        raise DataError(f"{path}: class id {n_classes - 1} is too large: ids must run from 0 to "
+                        f"the number of classes - 1 (at most {MAX_CLASSES:,} classes without a "
+                        "'labels' array); renumber the labels")
     names = [str(n) for n in arrays["labels"]] if "labels" in arrays else [
         str(i) for i in range(n_classes)]
     if len(names) < n_classes:
@@ -308,7 +375,7 @@ def load_image_folder(path, image_size=(96, 96), test_fraction=0.2, seed=0):
     Uses `keras.utils.image_dataset_from_directory`; images are resized to
     `image_size` and scaled to [0, 1]. All images are held in memory.
     """
-    from tfcompress.keras import keras
+    from tfcompress.keras import keras, tf
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such image folder")
     kwargs = dict(image_size=tuple(image_size), batch_size=None, shuffle=False, labels="inferred",
@@ -328,10 +395,28 @@ def load_image_folder(path, image_size=(96, 96), test_fraction=0.2, seed=0):
             x, y, xt, yt = _split(*_stack(ds), test_fraction, seed)
     except ValueError as e:
         raise DataError(f"{path}: {' '.join(str(e).split())}") from e
+    except tf.errors.OpError as e:  # decoding happens lazily, inside tf.data: no file name
+        raise DataError(f"{_undecodable_image(path) or path}: cannot decode this image "
+                        "(corrupt, truncated or not really an image); delete or re-save it") from e
     if len(x) == 0:
         raise DataError(f"{path}: no images found (expected PATH/<class>/<image>)")
     return Dataset(name=os.path.basename(os.path.normpath(path)), x_train=x / 255.0,
                    y_train=y, x_test=xt / 255.0, y_test=yt, class_names=list(names), source=path)
+
+
+def _undecodable_image(root):
+    """The first image file under `root` TensorFlow cannot decode, or None."""
+    from tfcompress.keras import tf
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if not name.lower().endswith((".bmp", ".gif", ".jpeg", ".jpg", ".png")):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+            except tf.errors.OpError:
+                return path
+    return None
 
 
 def _stack(ds):
@@ -389,12 +474,13 @@ def main(argv):
     if len(argv) != 2:
         print("usage: python -m tfcompress.data SPEC  (" + SPEC_HELP + ")", file=sys.stderr)
         return 2
-    try:
+
+    def summarize():
         print(load_dataset(argv[1]).summary())
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    # Any user error (not only DataError) is one `error:` line, as in the tfcompress CLI.
+    return run_cli(summarize)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ import numbers
 
 import numpy as np
 
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
@@ -163,8 +164,10 @@ class LogitsDistillation(DistillationLoss):
     uses_logits = True
 
     def __init__(self, temperature=3.0):
-        if not _is_number(temperature) or not temperature > 0:
-            raise DistillationError(f"temperature must be a number > 0, got {temperature!r}")
+        # Inf passes `> 0` but scales the loss by T^2 = inf: NaN from the first batch.
+        if not _is_number(temperature) or not 0 < temperature < float("inf"):
+            raise DistillationError(f"temperature must be a finite number > 0, got "
+                                    f"{temperature!r}")
         self.temperature = float(temperature)
 
     def call(self, teacher, student):
@@ -459,6 +462,9 @@ class Distiller(keras.Model):
         losses, weights = _check_losses(distillation_losses, distillation_loss_weights)
         student_loss_weight = _check_weight(student_loss_weight, "student_loss_weight")
         plan = _check_models(teacher, student, losses)
+        # A NaN weight makes every loss NaN from the first batch on.
+        check_finite_weights(teacher, "the teacher")
+        check_finite_weights(student, "the student")
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student

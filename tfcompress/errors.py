@@ -17,6 +17,10 @@ class ModelLoadError(TfcompressError, ValueError):
     """A saved model file could not be loaded; the message says which and why."""
 
 
+class NonFiniteWeightsError(TfcompressError, ValueError):
+    """A model holds NaN or Inf weights; the message names the layer and weight."""
+
+
 # What a CLI reports as one line: our errors, plus the ValueError/TypeError/OSError
 # that validation and file access raise. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (TfcompressError, ValueError, TypeError, OSError)

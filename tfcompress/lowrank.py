@@ -31,6 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from tfcompress.channel_pruning import clone_layer, graph_nodes, rebuild_model
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.layer_patterns import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras
@@ -208,6 +209,8 @@ def factorize(model, config=None):
         raise LowRankError(f"{type(model).__name__} {model.name!r} is a subclassed (or unbuilt "
                            "Sequential) model, whose layer graph cannot be read: build it "
                            "functionally or give the Sequential an Input")
+    # np.linalg.svd fails on NaN/Inf with a bare "SVD did not converge".
+    check_finite_weights(model, "the model to factorize")
     rows, factors = [], {}
     for layer in _select(model, config):
         kernel = layer.kernel.numpy()

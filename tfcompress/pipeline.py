@@ -29,6 +29,7 @@ import time
 
 from tfcompress import config as config_lib
 from tfcompress import data as data_lib
+from tfcompress import distribute
 from tfcompress import stages as stages_lib
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import keras
@@ -114,11 +115,22 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
     from tfcompress import report as report_lib
     from tfcompress import variants as variants_lib
     start = time.time()
-    os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, "recipe.json"), recipe.to_dict())
+    # Before any TensorFlow op: a mirrored strategy may split the CPU into devices.
+    strategy = distribute.make_strategy(recipe.strategy)
+    distributed = recipe.strategy != "default"
+    # Under multi_worker only the chief writes into out_dir; the other workers
+    # write the same files into a throwaway folder (`out`), but read the chief's
+    # manifests and train against its backups (BackupAndRestore's own scheme).
+    chief = distribute.is_chief()
+    out = distribute.write_dir(out_dir)
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "recipe.json"), recipe.to_dict())
     ds, x_train, y_train = load_data(recipe)
     log(f"recipe {recipe.name}: {ds.summary()}; {len(x_train)} training samples; "
         f"stages: {', '.join(s.kind for s in recipe.stages) or 'none'}; out {out_dir}")
+    if distributed:
+        log(f"{distribute.describe(strategy)}; stage batch sizes are global batches, split "
+            f"evenly over the replicas" + ("" if chief else f"; this worker writes to {out}"))
     calibration = data_lib.calibration_samples(x_train, recipe.data.calibration_samples,
                                                seed=recipe.seed)
     steps = _stage_dirs(recipe)
@@ -127,31 +139,44 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
     model, rerun_rest, kinds_done = None, force, []
     first = None  # the first stage's model: the teacher of stages with distill: true
     for n, (index, kind, name) in enumerate(steps, start=1):
-        stage_dir = os.path.join(out_dir, name)
+        stage_dir = os.path.join(out_dir, name)   # the chief's: manifests, backup/
+        write_dir = os.path.join(out, name)       # this process's writes (the same on the chief)
         stage_hash = _input_hash(recipe) if kind == "input" else recipe.stage_hash(index)
         manifest = _read_json(os.path.join(stage_dir, "manifest.json"))
         t0 = time.time()
-        if not rerun_rest and manifest and manifest.get("hash") == stage_hash:
+        reuse = not rerun_rest and bool(manifest) and manifest.get("hash") == stage_hash
+        # Every worker must take the chief's decision (they run collectives together).
+        reuse = bool(distribute.sync_from_chief(strategy, reuse))
+        if reuse:
             log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
             model = SavedStageModel(stage_dir, kind)
         else:
-            pending = _read_json(os.path.join(stage_dir, "pending.json"))
+            pending = _read_json(os.path.join(write_dir, "pending.json"))
             if rerun_rest or (pending or {}).get("hash") != stage_hash:
-                shutil.rmtree(stage_dir, ignore_errors=True)  # a different recipe's leftovers
+                shutil.rmtree(write_dir, ignore_errors=True)  # a different recipe's leftovers
             rerun_rest = True  # later stages take this stage's new model
-            os.makedirs(stage_dir, exist_ok=True)
-            write_json_atomic(os.path.join(stage_dir, "pending.json"), {"hash": stage_hash})
+            os.makedirs(write_dir, exist_ok=True)
+            write_json_atomic(os.path.join(write_dir, "pending.json"), {"hash": stage_hash})
+            # No worker reads the backup before the chief has cleared leftovers.
+            distribute.sync_from_chief(strategy)
             log(f"[{n}/{len(steps)}] {name}: running")
             model = model.load() if isinstance(model, SavedStageModel) else model
             model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir,
-                                   kinds_done, log, verbose, first)
-            save_model(model, os.path.join(stage_dir, "model.keras"))
+                                   kinds_done, log, verbose, first, strategy)
+            # Every worker saves (reading mirrored BatchNorm statistics is a collective
+            # under multi_worker); only the chief's copy is in out_dir.
+            save_model(model, os.path.join(write_dir, "model.keras"))
             info["seconds"] = round(time.time() - t0, 2)
-            write_json_atomic(os.path.join(stage_dir, "metrics.json"), info)
-            write_json_atomic(os.path.join(stage_dir, "manifest.json"),
+            write_json_atomic(os.path.join(write_dir, "metrics.json"), info)
+            write_json_atomic(os.path.join(write_dir, "manifest.json"),
                               {"hash": stage_hash, "stage": kind, "name": name,
                                "index": index, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            os.remove(os.path.join(stage_dir, "pending.json"))
+            os.remove(os.path.join(write_dir, "pending.json"))
+            if recipe.strategy == "multi_worker":
+                # The chief exports from the saved file: a plain model. Reading the
+                # trained one's BatchNorm statistics is a collective the others would miss.
+                model = SavedStageModel(write_dir, kind)
+            stage_dir = write_dir  # this stage's files, for the variants and `first`
             log(f"[{n}/{len(steps)}] {name}: trained in {time.time() - t0:.0f} s, Keras test "
                 f"accuracy {info['keras_test_accuracy']:.4f}")
         kinds_done.append(kind)
@@ -161,9 +186,15 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
         variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
                                          recipe.to_dict()["benchmark"], recipe.data.eval_samples,
                                          recipe.data.calibration_samples])
-        variants_lib.build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds,
-                                    calibration, force=rerun_rest, log=log)
+        if chief:  # exports, evaluation and benchmarks are the chief's alone
+            variants_lib.build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds,
+                                        calibration, force=rerun_rest, log=log)
         log(f"[{n}/{len(steps)}] {name}: finished in {time.time() - t0:.0f} s")
+    distribute.sync_from_chief(strategy)  # the other workers wait for the chief to finish
+    if not chief:
+        log(f"pipeline finished in {time.time() - start:.0f} s on {distribute.task_label()}; "
+            f"the chief wrote {out_dir}")
+        return {"variants": [], "stages": [], "out_dir": out_dir, "chief": False}
     report = report_lib.build_report(out_dir)
     report_lib.write_report(out_dir, report)
     log(f"pipeline finished in {time.time() - start:.0f} s; report in "
@@ -172,9 +203,9 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
 
 
 def _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir, kinds_done, log,
-             verbose, first):
+             verbose, first, strategy=None):
     ctx = stages_lib.StageContext(x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir,
-                                  seed=recipe.seed, verbose=verbose, log=log,
+                                  seed=recipe.seed, verbose=verbose, log=log, strategy=strategy,
                                   earlier_stages=tuple(kinds_done),
                                   student_builder=lambda: _build(recipe.student, ds, "student"),
                                   teacher_builder=first.load if first else None)

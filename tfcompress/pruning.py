@@ -42,6 +42,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tfcompress import schedules
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
 from tfcompress.saving import load_model
@@ -114,6 +115,10 @@ def _check_patterns(patterns, name):
     patterns = tuple(patterns)
     for pattern in patterns:
         if isinstance(pattern, type):
+            if (pattern.__module__ or "").split(".")[0] == "keras":
+                raise ValueError(f"{name}: {pattern.__module__}.{pattern.__name__} is a Keras 3 "
+                                 f"class; models here are tf_keras models: give the class name "
+                                 f"{pattern.__name__!r} or tf_keras's class")
             if not issubclass(pattern, keras.layers.Layer):
                 raise ValueError(f"{name}: {pattern.__name__} is not a Keras layer class")
             continue
@@ -479,6 +484,8 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
                            "model.build(input_shape)) before pruning")
     if is_pruned_model(model):
         raise PruningError(f"model {model.name!r} is already pruned; strip_pruning it first")
+    # NaN magnitudes would make TFMOT's thresholds NaN and the masks meaningless.
+    check_finite_weights(model, "the model to prune")
     # Detach from the caller's model first: clone_function returns the very
     # layer objects it is given, which would otherwise be shared.
     try:

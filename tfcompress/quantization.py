@@ -85,6 +85,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 from tfcompress.saving import load_model
@@ -223,6 +224,10 @@ class QATConfig:
                                         f"regular expression ({e})") from None
         self.exclude_types = _patterns(self.exclude_types)
         for kind in self.exclude_types:
+            if isinstance(kind, type) and (kind.__module__ or "").split(".")[0] == "keras":
+                raise QuantizationError(f"exclude_types: {kind.__module__}.{kind.__name__} is a "
+                                        "Keras 3 class; models here are tf_keras models: give "
+                                        f"the class name {kind.__name__!r} or tf_keras's class")
             if not (isinstance(kind, str) or (isinstance(kind, type)
                                               and issubclass(kind, keras.layers.Layer))):
                 raise QuantizationError(f"exclude_types: {kind!r} is not a Keras layer class "
@@ -779,6 +784,8 @@ def quantize(model, config=None):
     elif isinstance(config, dict):
         config = QATConfig(**config)
     _check_model(model)
+    # NaN weights would give NaN quantization ranges: nothing converts sensibly.
+    check_finite_weights(model, "the model to quantize")
     scheme = _tfmot_scheme(config)
     selected = _select(model, config, scheme.get_quantize_registry())
     _check_something_to_preserve(model, config)

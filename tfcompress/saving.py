@@ -5,15 +5,32 @@ format has Keras safe mode, but tf_keras's legacy loaders (`.h5`, SavedModel)
 ignore `safe_mode`, and a Lambda layer's Python bytecode would be unmarshalled
 and run. We switch safe mode on around those loaders too.
 
+Keras safe mode only refuses Python bytecode, so before Keras sees a file its
+configs are scanned (`unsafe_reason`) and refused when they hold:
+    * a Lambda layer (bytecode, or a function named by the file; in a
+      SavedModel, a traced graph that ran `tf.io.write_file` on predict here);
+    * a TFOpLambda calling a TF function outside the math namespaces: rebuilt
+      with constant arguments, `tf.io.write_file` wrote a file chosen by the
+      file during a safe-mode load here (tf_keras 2.21);
+    * a class or function from a module other than tf_keras, TFMOT or
+      tfcompress (Keras imports any module a config names), unless it is a
+      custom object or registered with Keras.
+A SavedModel whose layers Keras can only revive from the file's TF graph (no
+config: subclassed models, `tf.saved_model.save` output) is refused too.
+TF graphs are programs: a model you call runs its ops, so only load files you
+trust with `allow_unsafe=True`.
+
 Example:
     model = tfcompress.load_model("runs/demo/model.keras")
     save_model(model, "out/model.keras")   # atomic: temp file, then rename
 """
 
+import builtins
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 from tfcompress.errors import ModelLoadError
 from tfcompress.keras import keras, ensure_tf_keras_model
@@ -22,6 +39,18 @@ from tfcompress.keras import keras, ensure_tf_keras_model
 from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 _FORMATS = ".keras file, .h5 file or SavedModel directory"
+_ALLOW_HINT = ("refused by default; pass allow_unsafe=True (CLI: --allow_unsafe) only if you "
+               "trust the file")
+
+# Modules whose classes and functions a safe load may import (plus custom objects).
+_SAFE_MODULE_ROOTS = ("tf_keras", "keras", "tensorflow_model_optimization", "tfcompress")
+# TF namespaces of pure tensor math a TFOpLambda may call (tf.math.add, tf.nn.relu6,
+# x + 3.0 -> __operators__.add); top-level ops (tf.reshape) too, except these.
+_SAFE_TF_OP_NAMESPACES = ("__operators__", "math", "nn", "linalg", "image", "signal", "bitwise",
+                          "dtypes", "quantization", "random", "sparse", "ragged", "strings")
+_UNSAFE_TF_OPS = {"print", "py_function", "numpy_function", "load_library", "load_op_library",
+                  "function", "custom_gradient", "recompute_grad", "init_scope", "get_logger",
+                  "register_tensor_conversion_function", "no_gradient"}
 
 
 def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
@@ -29,8 +58,10 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
 
     Args:
         path: file or SavedModel directory.
-        allow_unsafe: allow Lambda layers that hold Python code. Only for
-            files you trust: loading them runs that code.
+        allow_unsafe: allow what safe mode refuses (see the module docstring):
+            Lambda layers, file-I/O TF ops, other modules' code, layers run
+            from the file's TF graph. Only for files you trust: loading or
+            calling the model runs that code.
         custom_objects: dict of custom layer classes/functions, as in Keras.
         compile: restore the training config (optimizer, loss) if saved.
 
@@ -47,6 +78,10 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
         raise ModelLoadError(f"{path}: directory has no saved_model.pb, so it is not a SavedModel")
     if os.path.isfile(path) and not path.endswith((".keras", ".h5", ".hdf5")):
         raise ModelLoadError(f"{path}: unknown model format (expected a {_FORMATS})")
+    if not allow_unsafe:
+        reason = unsafe_reason(_saved_configs(path), custom_objects)
+        if reason:
+            raise ModelLoadError(f"{path}: cannot load model: {reason}; {_ALLOW_HINT}")
     try:
         with SafeModeScope(not allow_unsafe):
             model = keras.models.load_model(
@@ -54,16 +89,190 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
                 safe_mode=not allow_unsafe)
     except Exception as e:  # Keras raises many types; all mean "cannot load".
         reason = " ".join(str(e).split()) or type(e).__name__
-        if "safe_mode" in reason or "Lambda" in reason:
+        if not allow_unsafe and "safe_mode" in reason:
             reason = ("it holds a Lambda layer with Python code, which is refused "
                       "by default because loading it runs that code; pass "
                       "allow_unsafe=True (CLI: --allow_unsafe) only if you trust the file")
+        reason = _file_problem(path) or reason
         raise ModelLoadError(f"{path}: cannot load model: {reason[:500]}") from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(
             f"{path}: loaded a {type(model).__name__}, not a Keras model; export "
             "it with tf_keras `model.save(...)` so its layers can be rebuilt")
+    if not allow_unsafe:
+        revived = _revived_layers(model)
+        if revived:
+            raise ModelLoadError(
+                f"{path}: cannot load model: layer(s) {', '.join(revived[:5])} have no Keras "
+                "config and would run the file's own TF graph (a subclassed model, or "
+                f"tf.saved_model.save output); {_ALLOW_HINT}")
     return ensure_tf_keras_model(model)
+
+
+def _file_problem(path):
+    """Why a model file Keras failed on is unusable, in words, or None.
+
+    Keras's own reasons mislead here: a truncated .keras file is reported as
+    an HDF5 "file signature not found", a Keras 3 file as a bad `batch_shape`.
+    """
+    if os.path.isdir(path):
+        return None
+    resave = "save the model again (tfcompress.save_model or tf_keras model.save)"
+    version = None
+    if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            return f"it is not a .keras archive (a zip file): empty, truncated or corrupt; {resave}"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                version = json.loads(archive.read("metadata.json")).get("keras_version")
+        except (KeyError, ValueError, OSError, AttributeError, zipfile.BadZipFile):
+            return None
+    else:
+        import h5py
+        if not h5py.is_hdf5(path):
+            return f"it is not an HDF5 file: empty, truncated or corrupt; {resave}"
+        try:
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+        except OSError as e:
+            return (f"truncated or corrupt HDF5 file ({' '.join(str(e).split())[:200]}); "
+                    f"{resave}")
+    version = version.decode() if isinstance(version, bytes) else version
+    if isinstance(version, str) and version.startswith("3"):
+        return (f"it was saved by Keras 3 (keras_version {version}); tfcompress works on tf_keras "
+                "(Keras 2) models because TFMOT does: rebuild the model with tf_keras "
+                "(`import tf_keras as keras`) and save it from there")
+    return None
+
+
+def _saved_configs(path):
+    """The JSON configs stored in a model file, for `unsafe_reason`.
+
+    Returns [] where there are none to read (Keras then says what is wrong).
+
+    Raises:
+        ModelLoadError: a config that is there but is not valid JSON.
+    """
+    texts = []
+    try:
+        if os.path.isdir(path):
+            texts += _savedmodel_metadata(path)
+        elif path.endswith(".keras"):
+            if not zipfile.is_zipfile(path):
+                return []
+            with zipfile.ZipFile(path) as archive:
+                if "config.json" in archive.namelist():
+                    texts.append(archive.read("config.json"))
+        else:
+            import h5py
+            try:
+                f = h5py.File(path, "r")
+            except OSError:
+                return []  # not HDF5; Keras names the problem
+            with f:
+                texts += [f.attrs[key] for key in ("model_config", "training_config")
+                          if key in f.attrs]
+        return [json.loads(t.decode() if isinstance(t, bytes) else t) for t in texts]
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ModelLoadError(f"{path}: cannot load model: its config is unreadable "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
+
+
+def _savedmodel_metadata(path):
+    """The Keras metadata JSON strings of a SavedModel (both places Keras reads)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
+    texts = []
+    meta = os.path.join(path, "keras_metadata.pb")
+    if os.path.exists(meta):
+        proto = saved_metadata_pb2.SavedMetadata()
+        with open(meta, "rb") as f:
+            proto.ParseFromString(f.read())
+        texts += [node.metadata for node in proto.nodes if node.metadata]
+    # Files saved before TF 2.5 (or by tf.saved_model.save) keep it in the object graph.
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    for graph in saved.meta_graphs:
+        texts += [node.user_object.metadata for node in graph.object_graph_def.nodes
+                  if node.WhichOneof("kind") == "user_object" and node.user_object.metadata]
+    return texts
+
+
+def unsafe_reason(configs, custom_objects=None):
+    """Why a safe load must refuse these saved configs, or None (see the module docstring).
+
+    Args:
+        configs: JSON values (dicts/lists) from a model file.
+        custom_objects: the caller's {name: class or function}; they are trusted.
+
+    Example:
+        unsafe_reason([{"class_name": "Lambda", "config": {"name": "double"}}])
+        # "layer 'double' is a Lambda layer, whose Python function ..."
+    """
+    stack = list(configs)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        stack.extend(item.values())
+        kind = item.get("class_name")
+        if not isinstance(kind, str):
+            continue
+        inner = item.get("config") if isinstance(item.get("config"), dict) else {}
+        name = inner.get("name", item.get("name", "?"))
+        if kind in ("Lambda", "__lambda__"):
+            return (f"layer {name!r} is a Lambda layer, whose Python function comes from the "
+                    "file and runs when the model is rebuilt or called")
+        if kind in ("TFOpLambda", "SlicingOpLambda"):
+            function = str(inner.get("function", ""))
+            if not _safe_tf_op(function):
+                return (f"layer {name!r} calls tf.{function}, which can touch files or run "
+                        "Python while the model is rebuilt or called")
+        module = item.get("module")
+        if isinstance(module, str) and not _safe_reference(module, item, custom_objects):
+            target = item.get("config") if kind == "function" else kind
+            return (f"it refers to {module}.{target}, outside Keras, TFMOT and tfcompress (Keras "
+                    "would import it); pass it in custom_objects if it is yours")
+    return None
+
+
+def _safe_tf_op(function):
+    parts = function.split(".")
+    if any(not p or (p.startswith("_") and p != "__operators__") for p in parts):
+        return False
+    if len(parts) == 1:
+        return function not in _UNSAFE_TF_OPS
+    return parts[0] in _SAFE_TF_OP_NAMESPACES
+
+
+def _safe_reference(module, item, custom_objects):
+    kind = item["class_name"]
+    names = {kind, item.get("registered_name")}
+    if kind == "function":
+        names.add(item.get("config"))
+    names = {n for n in names if isinstance(n, str) and n != "function"}
+    if any(n in (custom_objects or {}) or keras.saving.get_registered_object(n) is not None
+           for n in names):
+        return True
+    if module == "builtins":
+        # Keras resolves its own built-ins ("relu", "mse") by name; Python's (exec,
+        # open, eval) would be imported from the builtins module.
+        return not any(hasattr(builtins, n) for n in names)
+    target = item.get("config") if kind == "function" else kind
+    # Keras's own switch for turning safe mode off must not be reachable from a file.
+    return (module.split(".")[0] in _SAFE_MODULE_ROOTS
+            and target not in ("enable_unsafe_deserialization", "SafeModeScope"))
+
+
+def _revived_layers(model):
+    """Names of the layers Keras revived from the file's TF graph, not from a config."""
+    from tf_keras.src.saving.legacy.saved_model.load import RevivedLayer
+    return [layer.name for layer in model._flatten_layers(include_self=True, recursive=True)
+            if isinstance(layer, RevivedLayer)]
 
 
 def save_model(model, path):
@@ -77,6 +286,7 @@ def save_model(model, path):
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)
     suffix = os.path.splitext(base)[1]
+    remove_stale_temps(path)
     tmp_dir = tempfile.mkdtemp(prefix=f".{base}.", dir=parent)
     try:
         # Keras picks the format from the extension, so keep it on the temp name.
@@ -96,11 +306,35 @@ def save_model(model, path):
     return path
 
 
+def remove_stale_temps(path):
+    """Removes temp files/folders an earlier, killed write of `path` left beside it.
+
+    A SIGKILL cannot be caught, so `.NAME.xxxx` temps can survive one; the next
+    write of the same path clears them. Assumes one writer per path at a time.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        stale = os.path.join(parent, name)
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
+
+
 def write_bytes_atomic(path, data):
     """Writes `data` to `path` through a temp file in the same folder + rename."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:

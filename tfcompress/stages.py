@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from tfcompress import distribute
 from tfcompress.keras import keras
 
 
@@ -38,6 +39,7 @@ class StageContext:
     teacher_builder: Optional[Callable] = None  # () -> the teacher, for stages with distill: true
     earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
     callbacks: tuple = ()                    # extra Keras callbacks
+    strategy: object = None                  # a tf.distribute.Strategy (tfcompress.distribute); None: one device
 
 
 def _verbosity(ctx):
@@ -67,7 +69,7 @@ def with_teacher(model, settings, ctx):
         return model
     from tfcompress import distillation
     return distillation.Distiller(
-        ctx.teacher_builder(), model,
+        distribute.in_scope(ctx.teacher_builder(), ctx.strategy), model,
         distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
         student_loss_weight=settings.alpha)
 
@@ -112,7 +114,7 @@ def train_stage(model, settings, ctx):
 def distill_stage(teacher, settings, ctx):
     """Distills `teacher` into a fresh student from `ctx.student_builder`."""
     from tfcompress import distillation
-    student = ctx.student_builder()
+    student = distribute.in_scope(ctx.student_builder(), ctx.strategy)
     distiller = distillation.Distiller(
         teacher, student,
         distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
@@ -153,7 +155,15 @@ def channel_prune_stage(model, settings, ctx):
         target_macs=settings.target_macs, skip_first_and_last=settings.skip_first_and_last)
     # Taylor importance needs gradients on a few batches of training data.
     data = (ctx.x_train[:2048], ctx.y_train[:2048]) if settings.criterion == "taylor" else None
-    thin, plan = channel_pruning.prune_channels(model, config, data=data)
+    if distribute.strategy_name(ctx.strategy) == "default":
+        thin, plan = channel_pruning.prune_channels(model, config, data=data)
+    else:
+        # Under a strategy the plan is made on a plain copy: Taylor's GradientTape
+        # cannot watch mirrored variables outside fit ("DistributedVariable.handle
+        # is not available outside the replica context"). The thin model is then
+        # rebuilt inside the strategy's scope to train.
+        thin, plan = distribute.outside_strategy(_plain_prune_channels, model, config, data)
+        thin = distribute.in_scope(thin, ctx.strategy)
     ctx.log(f"  channels pruned ({settings.criterion}): MACs {plan.macs_before:,} -> "
             f"{plan.macs_after:,}, parameters {plan.params_before:,} -> {plan.params_after:,}")
     steps = settings.epochs * steps_per_epoch(ctx, settings.batch_size)
@@ -169,6 +179,13 @@ def channel_prune_stage(model, settings, ctx):
     info.update(macs_before=plan.macs_before, macs_after=plan.macs_after,
                 parameters_before=plan.params_before)
     return thin, info
+
+
+def _plain_prune_channels(model, config, data):
+    from tfcompress import channel_pruning
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    return channel_pruning.prune_channels(plain, config, data=data)
 
 
 def lowrank_stage(model, settings, ctx):
@@ -232,9 +249,25 @@ STAGE_FUNCTIONS = {"train": train_stage, "distill": distill_stage, "prune": prun
 
 
 def run_stage(kind, model, settings, ctx):
-    """Runs stage `kind`; returns (model, info) with test accuracy and parameters in info."""
+    """Runs stage `kind`; returns (model, info) with test accuracy and parameters in info.
+
+    Under `ctx.strategy` the stage runs in its scope (models, optimizers and
+    metrics are made there; the input model is rebuilt there if it was made
+    outside), after `distribute.check_supported` and a check that the global
+    batch splits evenly over the replicas; info records both batch sizes.
+    """
     keras.utils.set_random_seed(ctx.seed)
-    model, info = STAGE_FUNCTIONS[kind](model, settings, ctx)
-    info["keras_test_accuracy"] = keras_accuracy(model, ctx)
+    batch_size = getattr(settings, "batch_size", None)
+    with distribute.stage_scope(kind, ctx.strategy, batch_size, ctx.log):
+        model = distribute.in_scope(model, ctx.strategy)
+        model, info = STAGE_FUNCTIONS[kind](model, settings, ctx)
+        info["keras_test_accuracy"] = keras_accuracy(model, ctx)
     info["parameters"] = int(model.count_params())
+    if distribute.strategy_name(ctx.strategy) != "default":
+        info.update(strategy=distribute.strategy_name(ctx.strategy),
+                    replicas=distribute.num_replicas(ctx.strategy))
+        if batch_size is not None:
+            info.update(global_batch_size=batch_size,
+                        per_replica_batch_size=distribute.per_replica_batch_size(batch_size,
+                                                                                ctx.strategy))
     return model, info

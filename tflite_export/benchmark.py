@@ -246,6 +246,9 @@ def load_profiles(extra_file=None):
     except json.JSONDecodeError as e:
         raise BenchmarkError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
                              f"{e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(f"{path}: not a JSON text file (byte {e.start} is not UTF-8); "
+                             "give the device profile JSON file") from e
     if not isinstance(table, dict) or not table:
         raise BenchmarkError(f"{path}: expected a JSON object {{name: profile}} with at least "
                              "one profile")

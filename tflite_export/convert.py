@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, tf
 from tfcompress.saving import load_model, write_bytes_atomic
@@ -91,7 +92,12 @@ def _representative_dataset(representative_data, model, batch_size):
                                   f"the model has {len(want)} inputs")
             batch = []
             for arr, shape in zip(sample, want):
-                arr = np.asarray(arr, np.float32)
+                arr = np.asarray(arr)
+                if not (np.issubdtype(arr.dtype, np.integer)
+                        or np.issubdtype(arr.dtype, np.floating)):
+                    raise ExportError(f"representative_data holds {arr.dtype} values; give "
+                                      "numeric (float or integer) arrays")
+                arr = arr.astype(np.float32)
                 if arr.shape == shape:
                     arr = arr[None]
                 elif arr.shape[1:] != shape:
@@ -146,6 +152,8 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
         model = load_model(model_or_path)
     else:
         model = ensure_tf_keras_model(model_or_path)
+    # The converter copies NaN/Inf weights into the file without a word.
+    check_finite_weights(model, "the model to convert")
     qat = is_qat_model(model)
     if mode in NEEDS_CALIBRATION and representative_data is None and not (
             qat and mode in ("int8", "int8_full")):
@@ -238,6 +246,9 @@ def export(model_or_path, modes, out_dir, representative_data=None, batch_size=1
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ExportError(f"unknown TFLite mode {unknown[0]!r}; choose one of {', '.join(MODES)}")
+    # Before converting: otherwise a file in the way fails only after every mode converted.
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"output folder {out_dir} is a file; give a folder (CLI: --out DIR)")
     if isinstance(model_or_path, (str, os.PathLike)):
         name = name or os.path.splitext(os.path.basename(os.path.normpath(model_or_path)))[0]
         model = load_model(model_or_path)

@@ -62,9 +62,10 @@ import warnings
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from tfcompress.checks import check_finite_weights
 from tfcompress.data import subsample
 from tfcompress.errors import TfcompressError
-from tflite_export.tflite_file import read_tflite
+from tflite_export.tflite_file import probe_tflite, read_tflite
 
 # Above this many samples `progress=True` prints a line every 10%.
 PROGRESS_MIN_SAMPLES = 1000
@@ -97,7 +98,8 @@ class TfliteRunner:
 
     Raises:
         TfliteFileError: missing file or not a valid flatbuffer.
-        EvaluationError: the interpreter cannot load or prepare the model.
+        EvaluationError: the interpreter cannot load or prepare the model, or
+            crashes or stalls on it in the probe process (`tflite_file.probe_tflite`).
 
     Example:
         runner = TfliteRunner("model_int8_full.tflite")
@@ -109,19 +111,27 @@ class TfliteRunner:
         if name is None:
             name = "<bytes>" if isinstance(model, (bytes, bytearray)) else os.fspath(model)
         self.file = name
+        hint = ("; a sparse quantized model runs only with use_xnnpack=False"
+                if use_xnnpack else "")
+        # A file that passes the check may still crash LiteRT, which would take this
+        # process down: it is loaded and run once in a probe process first.
+        problem = probe_tflite(data, num_threads, use_xnnpack)
+        if problem:
+            raise EvaluationError(f"{name}: the interpreter cannot prepare this model: "
+                                  f"{problem}{hint}")
         resolver = (OpResolverType.AUTO if use_xnnpack
                     else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         try:
             self.interpreter = Interpreter(model_content=data, num_threads=num_threads,
                                            experimental_op_resolver_type=resolver)
             self.interpreter.allocate_tensors()
+            self.input_details = self.interpreter.get_input_details()
+            self.output_details = _outputs_in_keras_order(self.interpreter)
         except (RuntimeError, ValueError) as e:
-            hint = ("; a sparse quantized model runs only with use_xnnpack=False"
-                    if use_xnnpack else "")
             raise EvaluationError(f"{name}: the interpreter cannot prepare this model: "
                                   f"{' '.join(str(e).split())[:400]}{hint}") from e
-        self.input_details = self.interpreter.get_input_details()
-        self.output_details = _outputs_in_keras_order(self.interpreter)
+        if not self.input_details or not self.output_details:
+            raise EvaluationError(f"{name}: the model has no inputs or no outputs")
         self.batch_size = int(self.input_details[0]["shape"][0]) if len(
             self.input_details[0]["shape"]) else 1
         for detail in self.output_details:
@@ -296,6 +306,8 @@ def _outputs_in_keras_order(interpreter):
     if len(by_name) != len(details) or not all(numbers.values()):
         return details  # named outputs (from_keras_model): keep the interpreter's order
     by_index = {d["index"]: d for d in details}
+    if any(by_name[name]["index"] not in by_index for name in by_name):
+        return details  # a signature that does not match the outputs: not ours to fix
     order = sorted(by_name, key=lambda name: int(numbers[name].group(1)))
     return [by_index[by_name[name]["index"]] for name in order]
 
@@ -344,6 +356,9 @@ def _take(x, y, max_samples):
 
 def _class_ids(y, n, classes, file):
     y = np.asarray(y)
+    if y.dtype.kind not in "iufb":  # strings, objects: np.round would fail obscurely
+        raise EvaluationError(f"labels must be integer class ids 0..{classes - 1}, got "
+                              f"{y.dtype} values")
     if y.ndim == 2 and y.shape[1] == classes and classes > 1:
         y = np.argmax(y, axis=1)  # one-hot labels
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
@@ -446,6 +461,8 @@ def compare_with_keras(tflite_model, keras_model, x, max_samples=None, progress=
     if isinstance(keras_model, (str, os.PathLike)):
         from tfcompress.saving import load_model
         keras_model = load_model(keras_model)
+    # NaN outputs would compare as "disagrees everywhere": name the real problem.
+    check_finite_weights(keras_model, "the Keras model to compare with")
     x, _ = _take(x, np.zeros(len(x[0] if isinstance(x, (list, tuple)) else x)), max_samples)
     fitted = [a.astype(np.float32) for a in runner.fit_shapes(x)]
     got = runner.predict(fitted, progress=progress)

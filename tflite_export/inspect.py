@@ -266,6 +266,13 @@ def _io_shapes(subgraph, indices):
     return [_shape(subgraph.tensors[i]) if i >= 0 else [] for i in indices]
 
 
+# A corrupt or hand-made file can give an op fewer inputs than it takes, a tensor
+# of another rank, or another op's options (the interpreter then uses defaults).
+# The per-op rules read the op's documented layout; such an op gets no MACs and
+# an Edge TPU reason instead of a crash. (Indices are in range: tflite_file checks.)
+_MALFORMED = (IndexError, AttributeError, TypeError, ZeroDivisionError, ValueError)
+
+
 def _macs_by_op(model):
     rows = []
     for sg in model.subgraphs:
@@ -274,7 +281,12 @@ def _macs_by_op(model):
             rule = _MAC_RULES.get(name)
             if rule is None:
                 continue
-            macs = rule(_io_shapes(sg, op.inputs), _io_shapes(sg, op.outputs))
+            try:
+                macs = rule(_io_shapes(sg, op.inputs), _io_shapes(sg, op.outputs))
+            except _MALFORMED:
+                continue
+            if not len(op.outputs):  # numpy array or list
+                continue
             rows.append({"index": index, "op": name,
                          "output": _name(sg.tensors[op.outputs[0]]), "macs": int(macs)})
     return rows
@@ -571,7 +583,14 @@ def _op_problem(ctx, op, name):
         return "op is not supported by the Edge TPU"
     limit = _EDGETPU_LIMITS.get(name)
     return (_tensor_dtype_problem(ctx, op) or _activation_shape_problem(ctx, op)
-            or (limit(ctx, op) if limit else None))
+            or (_checked_limit(limit, ctx, op, name) if limit else None))
+
+
+def _checked_limit(limit, ctx, op, name):
+    try:
+        return limit(ctx, op)
+    except _MALFORMED:
+        return f"its inputs or options do not fit a {name} op (a corrupt file?)"
 
 
 def _is_float_boundary(ctx, op, name):
@@ -579,10 +598,10 @@ def _is_float_boundary(ctx, op, name):
     compiler leaves these conversions on the CPU at the edges of the graph instead of
     cutting it there."""
     _, _, sg = ctx
-    if name == "QUANTIZE":
+    if name == "QUANTIZE" and len(op.inputs) and op.inputs[0] >= 0:
         src = op.inputs[0]
         return src in list(sg.inputs) and _dtype(sg.tensors[src]) in _FLOAT_DTYPES
-    if name == "DEQUANTIZE":
+    if name == "DEQUANTIZE" and len(op.outputs):
         return op.outputs[0] in list(sg.outputs)
     return False
 
@@ -669,7 +688,8 @@ def _op_limits_check(data, model):
         for index, op in enumerate(sg.operators):
             name = _op_name(model, op)
             limit = _EDGETPU_LIMITS.get(name)
-            reason = limit(ctx, op) if name in EDGETPU_OPS and limit else None
+            reason = _checked_limit(limit, ctx, op, name) if name in EDGETPU_OPS and limit \
+                else None
             if reason:
                 bad.append(f"#{index} {name}: {reason}")
     detail = ("no documented op limit is broken" if not bad else
