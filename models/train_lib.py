@@ -10,7 +10,9 @@ for `epochs`, or loaded from `init_model` and trained for `epochs`, which may
 be 0) is saved as `dense.keras`, then pruned with `tfcompress.pruning` and
 fine-tuned for `prune_epochs` (backup in `backup-prune/`); `model.keras` is
 the stripped, sparse model and `metrics.json` adds the dense accuracy and the
-sparsity report. A rerun after an interruption reuses `dense.keras`.
+sparsity report. A rerun after an interruption reuses `dense.keras` when
+`dense.json` says it was trained with the same settings (model, data, epochs,
+learning rate, seed, init model, teacher...); otherwise it trains it again.
 
 `channel_prune_ratio` removes that fraction of whole channels (a thinner,
 faster model) and fine-tunes it; `lowrank_energy` SVD-factorizes Dense and 1x1
@@ -35,6 +37,7 @@ Example:
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -310,6 +313,27 @@ def train(config, callbacks=(), dataset=None):
     return result
 
 
+def _dense_phase_key(config):
+    """What the dense phase's result depends on: `dense.keras` is reused only if it matches."""
+    fields = ("model", "dataset", "epochs", "batch_size", "learning_rate", "seed",
+              "max_train_samples", "model_options", "init_model", "teacher",
+              "distill_temperature", "distill_alpha")
+    key = {name: getattr(config, name) for name in fields}
+    for name in ("init_model", "teacher"):  # a retrained file at the same path is another model
+        path = key[name]
+        if path and os.path.exists(path):
+            key[name] = [path, os.path.getsize(path), int(os.path.getmtime(path))]
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def _read_dense_key(model_dir):
+    try:
+        with open(os.path.join(model_dir, "dense.json")) as f:
+            return json.load(f).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _train(config, callbacks, dataset, out_dir):
     """`train` in the strategy's scope; writes go to `out_dir` (model_dir on the chief)."""
     from tfcompress import distribute
@@ -323,8 +347,13 @@ def _train(config, callbacks, dataset, out_dir):
     dense_path = os.path.join(config.model_dir, "dense.keras")
     pruning_run = bool(config.later_phases)
     history, train_seconds, epochs_run = None, 0.0, 0
+    dense_key = _dense_phase_key(config)
+    reuse = os.path.exists(dense_path) and _read_dense_key(config.model_dir) == dense_key
+    if pruning_run and os.path.exists(dense_path) and not reuse and config.verbose:
+        print(f"{dense_path} was trained with other settings (or by an older version): "
+              "training the dense phase again", flush=True)
     # Every worker takes the chief's decision (they run collectives together).
-    if pruning_run and distribute.sync_from_chief(strategy, os.path.exists(dense_path)):
+    if pruning_run and distribute.sync_from_chief(strategy, reuse):
         model = load_model(dense_path)  # the dense phase finished in an earlier run
         if config.verbose:
             print(f"dense phase already done: reusing {dense_path}", flush=True)
@@ -346,6 +375,7 @@ def _train(config, callbacks, dataset, out_dir):
             epochs_run = len(history.epoch)
         if pruning_run:
             save_model(model, os.path.join(out_dir, "dense.keras"))
+            write_json_atomic(os.path.join(out_dir, "dense.json"), {"key": dense_key})
     metrics = {}
     if pruning_run:
         _compile(model, config.learning_rate, None)

@@ -151,7 +151,8 @@ def _saved_configs(path):
     Returns [] where there are none to read (Keras then says what is wrong).
 
     Raises:
-        ModelLoadError: a config that is there but is not valid JSON.
+        ModelLoadError: a config that is there but unreadable (not JSON, a
+            corrupt protobuf).
     """
     texts = []
     try:
@@ -173,26 +174,31 @@ def _saved_configs(path):
                 texts += [f.attrs[key] for key in ("model_config", "training_config")
                           if key in f.attrs]
         return [json.loads(t.decode() if isinstance(t, bytes) else t) for t in texts]
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
         raise ModelLoadError(f"{path}: cannot load model: its config is unreadable "
                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
 
 
 def _savedmodel_metadata(path):
     """The Keras metadata JSON strings of a SavedModel (both places Keras reads)."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
     from tf_keras.protobuf import saved_metadata_pb2
+
+    def parse(proto, name):
+        with open(os.path.join(path, name), "rb") as f:
+            try:
+                proto.ParseFromString(f.read())
+            except DecodeError as e:
+                raise ValueError(f"{name} is not a valid protobuf: {e}") from e
+        return proto
+
     texts = []
-    meta = os.path.join(path, "keras_metadata.pb")
-    if os.path.exists(meta):
-        proto = saved_metadata_pb2.SavedMetadata()
-        with open(meta, "rb") as f:
-            proto.ParseFromString(f.read())
+    if os.path.exists(os.path.join(path, "keras_metadata.pb")):
+        proto = parse(saved_metadata_pb2.SavedMetadata(), "keras_metadata.pb")
         texts += [node.metadata for node in proto.nodes if node.metadata]
     # Files saved before TF 2.5 (or by tf.saved_model.save) keep it in the object graph.
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
+    saved = parse(saved_model_pb2.SavedModel(), "saved_model.pb")
     for graph in saved.meta_graphs:
         texts += [node.user_object.metadata for node in graph.object_graph_def.nodes
                   if node.WhichOneof("kind") == "user_object" and node.user_object.metadata]
@@ -337,6 +343,10 @@ def write_bytes_atomic(path, data):
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
+        # mkstemp makes the file 0600; give it the mode open() would have (0666 & ~umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -134,6 +134,9 @@ class TfliteRunner:
             raise EvaluationError(f"{name}: the model has no inputs or no outputs")
         self.batch_size = int(self.input_details[0]["shape"][0]) if len(
             self.input_details[0]["shape"]) else 1
+        if self.batch_size < 1:  # seen in a corrupt file: a batch axis of 0
+            raise EvaluationError(f"{name}: input {self.input_details[0]['name']} has a batch "
+                                  f"axis of {self.batch_size}; it cannot take any sample")
         for detail in self.output_details:
             shape = detail["shape"]
             if len(shape) == 0 or int(shape[0]) != self.batch_size:

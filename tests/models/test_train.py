@@ -151,3 +151,18 @@ def test_binary_prunes_a_trained_model_and_cli_reports_it(tmp_path, tiny_npz):
     assert report.returncode == 0, report.stderr[-2000:]
     rows = {row["layer"]: row for row in json.loads(report.stdout)["layers"]}
     assert abs(rows["conv2"]["sparsity"] - 0.75) < 0.01 and rows["conv1"]["sparsity"] == 0.0
+
+
+def test_dense_phase_is_reused_only_with_the_same_settings(tmp_path, tiny_npz):
+    flags = ["--model=small_cnn", "--model_options=width=2", f"--dataset=npz:{tiny_npz}",
+             "--epochs=1", "--batch_size=32", "--prune_sparsity=0.5", "--prune_epochs=1",
+             f"--model_dir={tmp_path / 'run'}"]
+    first = _binary(*flags)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "dense.json").read_text())["key"]["learning_rate"] == 2e-3
+    # Another learning rate: the saved dense model is not this run's, so it is retrained.
+    other = _binary(*flags, "--learning_rate=0.01")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "training the dense phase again" in other.stdout
+    assert "dense phase already done" not in other.stdout
+    assert json.loads((tmp_path / "run" / "dense.json").read_text())["key"]["learning_rate"] == 0.01

@@ -82,3 +82,20 @@ def test_reference_savedmodel_loads(shared_dir):
     model = tfcompress.load_model(os.path.join(shared_dir, "data/mlperf_tiny_kws/ds_cnn_savedmodel"))
     assert model.count_params() == 24908
     assert model.input_shape == (None, 49, 10, 1)
+
+
+def test_atomic_writes_leave_no_temps_and_the_usual_mode(tmp_path):
+    from tfcompress.saving import write_bytes_atomic
+    target = tmp_path / "out.json"
+    # What a SIGKILL mid-write leaves: a temp file and a temp folder beside the target.
+    (tmp_path / ".out.json.abc123").write_bytes(b"half")
+    (tmp_path / ".out.json.dir").mkdir()
+    (tmp_path / ".other.json.xyz").write_bytes(b"someone else's")
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(target, b"{}")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.xyz", "out.json"]
+    assert (target.stat().st_mode & 0o777) == 0o644
