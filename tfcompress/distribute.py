@@ -76,8 +76,9 @@ _PS_ALTERNATIVE = ("use strategy 'multi_worker' (synchronous MultiWorkerMirrored
                    "across machines, or 'mirrored' on one machine")
 _PS_PRUNE = (
     "TFMOT 0.8.1's pruning wrapper updates its step counter and masks with unsynchronized "
-    "read-modify-write ops: under ParameterServerStrategy (2 workers, 24 steps) the layers' "
-    "step counters ended at 15-17 and the model at 0% sparsity instead of 50%, silently; also, ")
+    "read-modify-write ops: under ParameterServerStrategy (2 workers, 24 steps) updates were "
+    "lost, the layers' step counters ended at 15-21, so the schedule lags the optimizer, and "
+    "one run ended at 0% sparsity instead of 50%, silently; also, ")
 _PS_TFMOT = (
     "TFMOT's {what} variables are updated by each worker without coordination (not verified "
     "under asynchronous training); also, ")
@@ -197,8 +198,8 @@ def _check_tf_config_for(strategy, config):
         extra = sorted(set(config["cluster"]) - {"chief", "worker"})
         if extra:
             raise DistributeError(
-                f"TF_CONFIG.cluster has {', '.join(extra)} tasks, which MultiWorkerMirroredStrategy "
-                "does not use (a 'ps' cluster is for ParameterServerStrategy, which tfcompress "
+                f"TF_CONFIG.cluster has {', '.join(extra)} tasks, which "
+                "MultiWorkerMirroredStrategy does not use (a 'ps' cluster is for ParameterServerStrategy, which tfcompress "
                 "refuses); list only 'chief' and 'worker' tasks")
         if config["task"]["type"] not in ("chief", "worker"):
             raise DistributeError(f"TF_CONFIG.task.type must be 'chief' or 'worker' under "
@@ -264,6 +265,20 @@ def make_strategy(name):
     from tfcompress.keras import tf
     if name == "default":
         return tf.distribute.get_strategy()
+    # One strategy object per name and process: a second MirroredStrategy in the
+    # same process reused the first one's collective instance keys ("Shape
+    # mismatch in the collective instance 100"), and MultiWorkerMirroredStrategy
+    # may be created only once.
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = _new_strategy(name)
+    return _STRATEGIES[name]
+
+
+_STRATEGIES = {}
+
+
+def _new_strategy(name):
+    from tfcompress.keras import tf
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     cpus = os.environ.get(CPU_DEVICES_ENV)

@@ -1,4 +1,4 @@
-r"""Starts N local workers of a command with the right TF_CONFIG, for multi-worker runs on one machine.
+r"""Starts N local workers of a command, each with its TF_CONFIG: multi-worker runs on one machine.
 
 Each worker is the same command with its own `TF_CONFIG` (a cluster of N
 `worker` tasks on free loopback ports, task index 0..N-1; worker 0 is the
@@ -117,12 +117,12 @@ def launch(command, num_workers=2, host="127.0.0.1", ports=None, grace=10.0, env
             thread.start()
             threads.append(thread)
         failed = None
-        while failed is None and any(p.poll() is None for p in procs):
+        while True:
+            codes = [p.poll() for p in procs]  # every worker polled, each time
+            failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is not None or all(c == 0 for c in codes):
+                break
             time.sleep(0.2)
-            failed = next(((i, p.returncode) for i, p in enumerate(procs)
-                           if p.returncode not in (None, 0)), None)
-        if failed is None:
-            failed = next(((i, p.returncode) for i, p in enumerate(procs) if p.returncode), None)
     except KeyboardInterrupt:
         _stop(procs, grace)
         return 130, "interrupted; stopped the workers"

@@ -14,6 +14,8 @@ A rerun skips every stage whose manifest has the same hash (change a stage's
 settings and it and the stages after it run again), resumes an interrupted stage
 from `backup/` (Keras BackupAndRestore, at the last finished epoch), and with
 `force=True` redoes everything. A teacher given as a file is stage `00-input`.
+The recipe's `strategy` (tfcompress.distribute) runs the stages on
+tf.distribute; under multi_worker only the chief writes into `out_dir`.
 Finally `report.json`, `report.md` and `pareto.png` are written (tfcompress.report).
 
 Example:

@@ -110,7 +110,14 @@ def resumable_fit(model, x, y, batch_size, epochs, backup_dir, seed=0, callbacks
     history = model.fit(batches, epochs=epochs, shuffle=False, callbacks=all_callbacks,
                         verbose=verbose)
     # Keras deletes the checkpoint after a finished fit but leaves the folder.
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    # Under MultiWorkerMirroredStrategy (tfcompress.distribute) the folder is the
+    # chief's and the other workers write their temporary copies inside it: only
+    # the chief removes it, after every worker has finished writing (a worker that
+    # removed it broke the chief's last save: "NotFoundError ... [Op:SaveV2]").
+    from tfcompress import distribute
+    distribute.sync_from_chief(model.distribute_strategy)
+    if model.distribute_strategy.extended.should_checkpoint:
+        shutil.rmtree(backup_dir, ignore_errors=True)
     return history
 
 

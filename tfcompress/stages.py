@@ -6,6 +6,8 @@ glue the technique modules (`distillation`, `pruning`, `channel_pruning`,
 Adam on a cosine-decayed learning rate, train with `BackupAndRestore` in
 `work_dir/backup` so a killed stage resumes from its last finished epoch, and
 return the plain (stripped) model plus a dict of facts for the report.
+With `ctx.strategy` (a `tf.distribute.Strategy`, see `tfcompress.distribute`)
+`run_stage` runs the stage in its scope; batch sizes are global.
 
 Example:
     ctx = StageContext(x_train, y_train, x_test, y_test, work_dir="runs/x/03-prune")
@@ -39,7 +41,7 @@ class StageContext:
     teacher_builder: Optional[Callable] = None  # () -> the teacher, for stages with distill: true
     earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
     callbacks: tuple = ()                    # extra Keras callbacks
-    strategy: object = None                  # a tf.distribute.Strategy (tfcompress.distribute); None: one device
+    strategy: object = None                  # a tf.distribute.Strategy; None: one device
 
 
 def _verbosity(ctx):
