@@ -24,7 +24,7 @@ from absl import app, flags
 
 import models
 from tfcompress.distribute import STRATEGIES
-from tfcompress.errors import run_cli
+from tfcompress.errors import parse_absl_flags, run_cli
 
 FLAGS = flags.FLAGS
 
@@ -177,18 +177,9 @@ def main(argv):
     return run_cli(_train)
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr, not a usage dump."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run(argv=None):
     """Entry point for `tfcompress train` and `tfcompress-train`."""
-    app.run(main, argv=argv, flags_parser=parse_flags)
+    app.run(main, argv=argv, flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":

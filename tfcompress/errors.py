@@ -47,3 +47,19 @@ def run_cli(fn, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def parse_absl_flags(argv):
+    """absl's flag parser for `app.run(flags_parser=...)`, but a bad flag is one
+    `error: ...` line on stderr and exit code 2, not a usage dump.
+
+    Example:
+        app.run(main, argv=argv, flags_parser=parse_absl_flags)
+    """
+    import sys
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -28,6 +28,8 @@ import time
 
 from absl import app, flags
 
+from tfcompress.errors import parse_absl_flags
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("num_workers", 2, "Workers to start.", lower_bound=1)
@@ -159,17 +161,8 @@ def main(argv):
     return code
 
 
-def parse_flags(argv):
-    """absl's parser (flags end at `--`), with a bad flag as one line, not a usage dump."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run(argv=None):
-    app.run(main, argv=argv, flags_parser=parse_flags)
+    app.run(main, argv=argv, flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":
