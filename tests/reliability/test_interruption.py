@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAST_TRIALS = [0]
-SLOW_TRIALS = [1, 2, 3, 4]
+# Trial 0 of each kind runs in `make test`; 1-4 are marked slow (`make test-all`).
+TRIALS = [0] + [pytest.param(t, marks=pytest.mark.slow) for t in (1, 2, 3, 4)]
 
 
 def _env():
@@ -165,6 +165,21 @@ def _kill_point(reference_seconds, trial, event_globs, latest=0.9):
     return float(rng.uniform(0.15, latest) * reference_seconds), None
 
 
+def _kill_check_rerun(kind, cmd, out, trial, delay, after=None):
+    """Kills `cmd` at the trial's point, checks nothing is half-written, reruns it to the end."""
+    killed = _run_and_kill(cmd, delay, after)
+    _report_kill(kind, trial, delay, killed, out, after)
+    if os.path.isdir(out):
+        _check_nothing_half_written(out)
+    _run(cmd)
+    _no_temps_left(out)
+
+
+def _assert_same_bytes(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read(), f"{b} differs from {a} after the rerun"
+
+
 # ----------------------------------------------------------------------------- train
 
 def _train_cmd(data, out):
@@ -186,11 +201,7 @@ def _train_trial(npz_data, train_reference, tmp_path, trial):
     delay, after = _kill_point(seconds, trial, [os.path.join(out, "backup", "**", "checkpoint"),
                                                 os.path.join(out, "backup-prune", "**",
                                                              "checkpoint")])
-    killed = _run_and_kill(_train_cmd(npz_data, out), delay, after)
-    _report_kill("train", trial, delay, killed, out, after)
-    _check_nothing_half_written(out)
-    _run(_train_cmd(npz_data, out))
-    _no_temps_left(out)
+    _kill_check_rerun("train", _train_cmd(npz_data, out), out, trial, delay, after)
     _assert_same_weights(os.path.join(ref, "model.keras"), os.path.join(out, "model.keras"))
     with open(os.path.join(ref, "metrics.json")) as f:
         expected = json.load(f)
@@ -198,17 +209,10 @@ def _train_trial(npz_data, train_reference, tmp_path, trial):
         got = json.load(f)
     for key in ("test_accuracy", "test_loss", "dense_test_accuracy", "sparsity"):
         assert got[key] == expected[key], key
-    return killed
 
 
-@pytest.mark.parametrize("trial", FAST_TRIALS)
+@pytest.mark.parametrize("trial", TRIALS)
 def test_training_binary_killed_and_rerun(npz_data, train_reference, tmp_path, trial):
-    _train_trial(npz_data, train_reference, tmp_path, trial)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("trial", SLOW_TRIALS)
-def test_training_binary_killed_and_rerun_more(npz_data, train_reference, tmp_path, trial):
     _train_trial(npz_data, train_reference, tmp_path, trial)
 
 
@@ -264,30 +268,18 @@ def _pipeline_trial(recipe_file, pipeline_reference, tmp_path, trial):
     delay, after = _kill_point(seconds, trial, [
         os.path.join(out, "02-distill", "backup", "**", "checkpoint"),
         os.path.join(out, "03-prune", "backup", "**", "checkpoint")])
-    killed = _run_and_kill(_pipeline_cmd(recipe_file, out), delay, after)
-    _report_kill("pipeline", trial, delay, killed, out, after)
-    _check_nothing_half_written(out)
-    _run(_pipeline_cmd(recipe_file, out))
-    _no_temps_left(out)
+    _kill_check_rerun("pipeline", _pipeline_cmd(recipe_file, out), out, trial, delay, after)
     for stage in ("01-train", "02-distill", "03-prune"):
         _assert_same_weights(os.path.join(ref, stage, "model.keras"),
                              os.path.join(out, stage, "model.keras"))
         for tflite in sorted(glob.glob(os.path.join(ref, stage, "tflite", "*.tflite"))):
-            with open(tflite, "rb") as a, \
-                    open(os.path.join(out, stage, "tflite", os.path.basename(tflite)), "rb") as b:
-                assert a.read() == b.read(), f"{tflite} differs after the rerun"
+            _assert_same_bytes(tflite, os.path.join(out, stage, "tflite",
+                                                    os.path.basename(tflite)))
     assert _rows(out) == _rows(ref)
-    return killed
 
 
-@pytest.mark.parametrize("trial", FAST_TRIALS)
+@pytest.mark.parametrize("trial", TRIALS)
 def test_pipeline_killed_and_rerun(recipe_file, pipeline_reference, tmp_path, trial):
-    _pipeline_trial(recipe_file, pipeline_reference, tmp_path, trial)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("trial", SLOW_TRIALS)
-def test_pipeline_killed_and_rerun_more(recipe_file, pipeline_reference, tmp_path, trial):
     _pipeline_trial(recipe_file, pipeline_reference, tmp_path, trial)
 
 
@@ -313,26 +305,13 @@ def _export_trial(npz_data, export_reference, tmp_path, trial):
     # Conversion takes most of T and the writes come last: kill early enough.
     delay, after = _kill_point(seconds, trial, [os.path.join(out, "*.tflite")], latest=0.6)
     delay = 0.0 if after else delay  # the writes follow each other within milliseconds
-    killed = _run_and_kill(_export_cmd(model, npz_data, out), delay, after)
-    _report_kill("export", trial, delay, killed, out, after)
-    if os.path.isdir(out):
-        _check_nothing_half_written(out)
-    _run(_export_cmd(model, npz_data, out))
-    _no_temps_left(out)
+    _kill_check_rerun("export", _export_cmd(model, npz_data, out), out, trial, delay, after)
     names = sorted(os.listdir(ref))
     assert names == sorted(os.listdir(out))
     for name in names:
-        with open(os.path.join(ref, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
-            assert a.read() == b.read(), f"{name} differs after the rerun"
-    return killed
+        _assert_same_bytes(os.path.join(ref, name), os.path.join(out, name))
 
 
-@pytest.mark.parametrize("trial", FAST_TRIALS)
+@pytest.mark.parametrize("trial", TRIALS)
 def test_export_killed_and_rerun(npz_data, export_reference, tmp_path, trial):
-    _export_trial(npz_data, export_reference, tmp_path, trial)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("trial", SLOW_TRIALS)
-def test_export_killed_and_rerun_more(npz_data, export_reference, tmp_path, trial):
     _export_trial(npz_data, export_reference, tmp_path, trial)
