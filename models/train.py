@@ -89,6 +89,19 @@ flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
 flags.DEFINE_enum("qat_scheme", "auto", ["auto", "default", "prune_preserving",
                                          "cluster_preserving", "prune_cluster_preserving"],
                   "QAT scheme; auto keeps what pruning/clustering made.")
+flags.DEFINE_list("cluster_exclude", [], "Layer names/regexes/types to leave unclustered.")
+flags.DEFINE_list("qat_exclude_layers", [], "Layer names/regexes QAT keeps in float.")
+flags.DEFINE_list("qat_exclude_types", [], "Layer class names QAT keeps in float.")
+flags.DEFINE_enum("data_scale", "auto", ["auto", "unit", "none", "symmetric"],
+                  "How stored values map to the model's input: auto (uint8 / 255, other data "
+                  "as stored), unit (/ 255), none (as stored: a model with Rescaling inside), "
+                  "symmetric ([-1, 1]).")
+flags.DEFINE_list("data_mean", None, "Then subtract this: one number, or one per channel.")
+flags.DEFINE_list("data_std", None, "Then divide by this: one number, or one per channel.")
+flags.DEFINE_bool("allow_unsafe", False, "Load --init_model/--teacher files that hold code "
+                  "(Lambda layers...); only for files you trust.")
+flags.DEFINE_multi_string("custom_objects", [], "Import this module (a name, or a .py path) "
+                          "first, so the custom layers it defines load; runs its code.")
 
 
 def parse_model_options(items):
@@ -130,11 +143,24 @@ def _check_prune_structure():
             raise ValueError(f"--prune_structure: {e}") from None
 
 
+def _numbers(values, flag):
+    if values is None:
+        return None
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--{flag} must be numbers, got {','.join(values)!r}") from None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
 def _train():
     from models.train_lib import TrainConfig, train
     from tfcompress.checks import check_finite_weights
+    from tfcompress.saving import import_custom_objects
     _check_finite_flags()
     _check_prune_structure()
+    for spec in FLAGS.custom_objects:
+        import_custom_objects(spec)
     config = TrainConfig(
         model=FLAGS.model, dataset=FLAGS.dataset, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
@@ -154,7 +180,12 @@ def _train():
         cluster_clusters=FLAGS.cluster_clusters, cluster_epochs=FLAGS.cluster_epochs,
         cluster_learning_rate=FLAGS.cluster_learning_rate, qat=FLAGS.qat,
         qat_epochs=FLAGS.qat_epochs, qat_learning_rate=FLAGS.qat_learning_rate,
-        qat_scheme=FLAGS.qat_scheme, strategy=FLAGS.strategy)
+        qat_scheme=FLAGS.qat_scheme, strategy=FLAGS.strategy,
+        cluster_exclude=tuple(FLAGS.cluster_exclude),
+        qat_exclude_layers=tuple(FLAGS.qat_exclude_layers),
+        qat_exclude_types=tuple(FLAGS.qat_exclude_types), data_scale=FLAGS.data_scale,
+        data_mean=_numbers(FLAGS.data_mean, "data_mean"),
+        data_std=_numbers(FLAGS.data_std, "data_std"), allow_unsafe=FLAGS.allow_unsafe)
     result = train(config)
     # A diverged run still "finishes"; say so instead of printing a NaN-model accuracy.
     check_finite_weights(result.model, f"the trained model (saved as {config.model_dir}/"

@@ -45,6 +45,8 @@ import numpy as np
 
 import models
 from tfcompress import data as data_lib
+from tfcompress import heads
+from tfcompress.errors import stage_errors
 from tfcompress.keras import keras, tf
 from tfcompress.saving import load_model, save_model, write_json_atomic
 
@@ -87,6 +89,14 @@ class TrainConfig:
     qat_epochs: int = 1
     qat_learning_rate: float = 1e-4
     qat_scheme: str = "auto"
+    cluster_exclude: tuple = ()
+    qat_exclude_layers: tuple = ()
+    qat_exclude_types: tuple = ()
+    # How stored data values map to the model's input (tfcompress.data.scale_dataset).
+    data_scale: str = "auto"
+    data_mean: object = None
+    data_std: object = None
+    allow_unsafe: bool = False   # --init_model/--teacher files that hold code (trusted only)
     # tf.distribute strategy (tfcompress.distribute): default, mirrored, multi_worker.
     # batch_size is then the global batch, split evenly over the replicas.
     strategy: str = "default"
@@ -157,17 +167,20 @@ class TrainResult:
     history: dict
 
 
-def _compile(model, learning_rate, steps):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate if steps is None else
-                                                  _schedule(learning_rate, steps)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+def _compile(model, learning_rate, steps, head=None):
+    """Adam (cosine decay over `steps`) with the loss and accuracy of the model's head
+    (detected when None): a logits or one-sigmoid-unit --init_model trains with its own
+    loss (tfcompress.heads)."""
+    from tfcompress import stages
+    stages.compile_for_training(model, learning_rate, steps, head or heads.detect(model))
 
 
-def _schedule(learning_rate, total_steps):
-    # Cosine decay over the whole phase: a few CPU epochs get most of the accuracy.
-    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps,
-                                                  alpha=0.01)
+def _test_accuracy(model, ds, head=None):
+    """(loss, top-1) on the test split, by the head's rules; never the file's compile."""
+    head = head or heads.detect(model)
+    scores = model.predict(ds.x_test, batch_size=256, verbose=0)
+    loss = float(head.loss()(ds.y_test, scores))
+    return loss, head.accuracy(scores, ds.y_test)
 
 
 def _fit(model, x, y, config, epochs, backup_dir, log_dir, callbacks):
@@ -185,13 +198,12 @@ def _initial_model(config, ds):
     if not config.init_model:
         return models.get_model(config.model, ds.input_shape, ds.num_classes,
                                 **config.model_options)
-    model = load_model(config.init_model)
+    model = load_model(config.init_model, allow_unsafe=config.allow_unsafe, compile=False)
     if tuple(model.input_shape[1:]) != ds.input_shape:
         raise ValueError(f"--init_model {config.init_model} takes inputs {model.input_shape[1:]} "
                          f"but {config.dataset} has {ds.input_shape}")
-    if model.output_shape[-1] != ds.num_classes:
-        raise ValueError(f"--init_model {config.init_model} has {model.output_shape[-1]} outputs "
-                         f"but {config.dataset} has {ds.num_classes} classes")
+    heads.check_fits(heads.detect(model), ds.num_classes, f"--init_model {config.init_model}",
+                     config.dataset)
     return model
 
 
@@ -207,13 +219,14 @@ def _prune_phase(model, x, y, config, callbacks):
         schedule=schedule, structure=config.prune_structure,
         skip_first_and_last=config.prune_skip_first_and_last,
         exclude=tuple(config.prune_exclude))
+    head = heads.detect(model)  # before wrapping, which hides the output's op
     pruned = pruning.prune(model, prune_config, steps_per_epoch=steps,
                            total_epochs=config.prune_epochs)
     # By default the training learning rate, decayed again over the pruning phase:
     # measured on the Fashion-MNIST baseline (80%, 3 epochs), a tenth of it lost
     # 1.64 points, half 0.99, the full rate 0.74 (make bench, BUILD_NOTES.md).
     learning_rate = config.prune_learning_rate or config.learning_rate
-    _compile(pruned, learning_rate, config.prune_epochs * steps)
+    _compile(pruned, learning_rate, config.prune_epochs * steps, head)
     history, seconds = _fit(pruned, x, y, config, config.prune_epochs,
                             os.path.join(config.model_dir, "backup-prune"),
                             os.path.join(config.model_dir, "logs", "prune"),
@@ -236,13 +249,13 @@ def _stage_context(ds, x, y, config, callbacks, log_name):
 def _distill_phase(student, ds, x, y, config, callbacks):
     """Distills --teacher into the new zoo `student` for config.epochs (tfcompress.stages)."""
     from tfcompress import config as recipe, stages
-    teacher = load_model(config.teacher)
-    if tuple(teacher.input_shape[1:]) != tuple(ds.input_shape) or \
-            teacher.output_shape[-1] != ds.num_classes:
-        raise ValueError(f"--teacher {config.teacher} takes {teacher.input_shape[1:]} and gives "
-                         f"{teacher.output_shape[-1]} classes; {config.dataset} has "
-                         f"{ds.input_shape} and {ds.num_classes}")
+    teacher = load_model(config.teacher, allow_unsafe=config.allow_unsafe, compile=False)
+    if tuple(teacher.input_shape[1:]) != tuple(ds.input_shape):
+        raise ValueError(f"--teacher {config.teacher} takes {teacher.input_shape[1:]}; "
+                         f"{config.dataset} has {ds.input_shape}")
     ctx = _stage_context(ds, x, y, config, callbacks, "distill")
+    ctx.head = heads.detect(teacher, name=f"--teacher {config.teacher}")
+    heads.check_fits(ctx.head, ds.num_classes, f"--teacher {config.teacher}", config.dataset)
     ctx.student_builder = lambda: student
     settings = recipe.DistillStage(epochs=config.epochs, temperature=config.distill_temperature,
                                    alpha=config.distill_alpha, learning_rate=config.learning_rate,
@@ -269,17 +282,22 @@ def _late_phase(phase, model, ds, x, y, config, callbacks):
     elif phase == "cluster":
         settings = recipe.ClusterStage(clusters=config.cluster_clusters,
                                        epochs=config.cluster_epochs,
+                                       exclude=list(config.cluster_exclude),
                                        preserve_sparsity=config.prune_sparsity is not None,
                                        learning_rate=config.cluster_learning_rate,
                                        batch_size=config.batch_size)
         ctx.earlier_stages = ("prune",) if config.prune_sparsity is not None else ()
     else:
         settings = recipe.QATStage(epochs=config.qat_epochs, scheme=config.qat_scheme,
+                                   exclude_layers=list(config.qat_exclude_layers),
+                                   exclude_types=list(config.qat_exclude_types),
                                    learning_rate=config.qat_learning_rate,
                                    batch_size=config.batch_size)
     if config.verbose:
         print(f"{phase}: {settings.epochs} epoch(s)", flush=True)
-    return stages.STAGE_FUNCTIONS[phase](model, settings, ctx)
+    ctx.head = heads.detect(model)  # the plain model's: QAT/pruning wrappers hide its op
+    with stage_errors(phase, config.init_model or f"zoo model {config.model}"):
+        return stages.STAGE_FUNCTIONS[phase](model, settings, ctx)
 
 
 def train(config, callbacks=(), dataset=None):
@@ -303,7 +321,8 @@ def train(config, callbacks=(), dataset=None):
     config.validate()
     strategy = distribute.make_strategy(config.strategy)
     if config.strategy == "default":
-        return _train(config, callbacks, dataset, config.model_dir)
+        with stage_errors("train", config.init_model or f"zoo model {config.model}"):
+            return _train(config, callbacks, dataset, config.model_dir)
     distribute.per_replica_batch_size(config.batch_size, strategy)  # raises if uneven
     if config.verbose:
         print(distribute.describe(strategy, config.batch_size), flush=True)
@@ -338,7 +357,8 @@ def _train(config, callbacks, dataset, out_dir):
     """`train` in the strategy's scope; writes go to `out_dir` (model_dir on the chief)."""
     from tfcompress import distribute
     strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    ds = dataset or data_lib.load_dataset(config.dataset)
+    ds = dataset or data_lib.load_dataset(config.dataset, scale=config.data_scale,
+                                          mean=config.data_mean, std=config.data_std)
     x_train, y_train = data_lib.subsample(ds.x_train, ds.y_train, config.max_train_samples,
                                           config.seed)
     keras.utils.set_random_seed(config.seed)
@@ -354,7 +374,8 @@ def _train(config, callbacks, dataset, out_dir):
               "training the dense phase again", flush=True)
     # Every worker takes the chief's decision (they run collectives together).
     if pruning_run and distribute.sync_from_chief(strategy, reuse):
-        model = load_model(dense_path)  # the dense phase finished in an earlier run
+        # The dense phase finished in an earlier run.
+        model = load_model(dense_path, allow_unsafe=config.allow_unsafe, compile=False)
         if config.verbose:
             print(f"dense phase already done: reusing {dense_path}", flush=True)
     else:
@@ -377,10 +398,9 @@ def _train(config, callbacks, dataset, out_dir):
             save_model(model, os.path.join(out_dir, "dense.keras"))
             write_json_atomic(os.path.join(out_dir, "dense.json"), {"key": dense_key})
     metrics = {}
+    head = heads.detect(model)  # the plain model's, before any wrapper
     if pruning_run:
-        _compile(model, config.learning_rate, None)
-        metrics["dense_test_accuracy"] = float(
-            model.evaluate(ds.x_test, ds.y_test, batch_size=256, verbose=0)[1])
+        metrics["dense_test_accuracy"] = _test_accuracy(model, ds, head)[1]
         if config.verbose:
             print(f"dense test accuracy {metrics['dense_test_accuracy']:.4f}; next: "
                   f"{', '.join(config.later_phases)}", flush=True)
@@ -406,9 +426,7 @@ def _train(config, callbacks, dataset, out_dir):
             epochs_run += info["epochs"]
             metrics.update({f"{phase}_{k}": v for k, v in info.items()
                             if k in ("max_unique_values", "scheme")})
-    if not model._is_compiled:
-        _compile(model, config.learning_rate, None)
-    test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=256, verbose=0)
+    test_loss, test_accuracy = _test_accuracy(model, ds, head)
     metrics.update({
         "model": config.init_model or config.model,
         "dataset": config.dataset,

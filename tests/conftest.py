@@ -27,6 +27,6 @@ def fashion_mnist():
     """The real Fashion-MNIST (no download in tests); skips when it is not installed."""
     from tfcompress import data
     try:
-        return data.load_fashion_mnist(download=False)
+        return data.scale_dataset(data.load_fashion_mnist(download=False))  # to [0, 1]
     except data.DataError as e:
         pytest.skip(f"Fashion-MNIST not installed: {e}")

@@ -30,22 +30,46 @@ def _train(flags):
     train.run(["tfcompress train"] + list(flags))
 
 
+def _import_custom_objects(args):
+    """--custom_objects MODULE (repeatable): the user's own layers, imported before loading."""
+    from tfcompress.saving import import_custom_objects
+    for spec in getattr(args, "custom_objects", None) or []:
+        import_custom_objects(spec)
+
+
+def _numbers(text, flag):
+    """--mean/--std: one number or comma-separated numbers (one per channel)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be a number or comma-separated numbers (one per "
+                         f"channel), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _load_data(args, spec):
+    from tfcompress.data import load_dataset
+    return load_dataset(spec, scale=args.scale, mean=_numbers(args.mean, "--mean"),
+                        std=_numbers(args.std, "--std"))
+
+
 def _export(args):
-    from tfcompress.data import calibration_samples, load_dataset
+    from tfcompress.data import calibration_samples
     from tflite_export.convert import export
+    _import_custom_objects(args)
     modes = args.mode or ["float32"]
     calib = None
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration_samples must be >= 1, got {args.calibration_samples}")
     if args.calibration:
-        calib = calibration_samples(load_dataset(args.calibration).x_train,
+        calib = calibration_samples(_load_data(args, args.calibration).x_train,
                                     args.calibration_samples, seed=args.seed)
     if args.sparse and modes != ["float32"]:
         print("note: --sparse applies to the float32 export only", file=sys.stderr)
-    model, name = args.model, None
-    if args.allow_unsafe:
-        model = tfcompress.load_model(args.model, allow_unsafe=True)
-        name = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
+    model = tfcompress.load_model(args.model, allow_unsafe=args.allow_unsafe, compile=False)
+    name = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
     export(model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
            sparse=args.sparse, name=name, log=lambda line: print(line, flush=True))
     return 0
@@ -70,7 +94,7 @@ def _inspect(args):
 
 
 def _evaluate(args):
-    from tfcompress.data import calibration_samples, load_dataset
+    from tfcompress.data import calibration_samples
     from tflite_export.evaluate import (compare_with_keras, evaluate_tflite, format_comparison,
                                         format_evaluation, format_layer_errors,
                                         quantization_error_by_layer)
@@ -79,11 +103,12 @@ def _evaluate(args):
                          "re-converting the Keras model with the quantization debugger")
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max_samples must be >= 1, got {args.max_samples}")
-    ds = load_dataset(args.data)
+    _import_custom_objects(args)
+    ds = _load_data(args, args.data)
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
     result = evaluate_tflite(args.file, x, y, progress=not args.json, max_samples=args.max_samples)
-    keras_model = (tfcompress.load_model(args.keras, allow_unsafe=args.allow_unsafe)
-                   if args.keras else None)
+    keras_model = (tfcompress.load_model(args.keras, allow_unsafe=args.allow_unsafe,
+                                         compile=False) if args.keras else None)
     if keras_model is not None:
         result["keras_agreement"] = compare_with_keras(args.file, keras_model, x,
                                                        max_samples=args.max_samples)
@@ -103,8 +128,9 @@ def _evaluate(args):
 
 def _sparsity(args):
     from tfcompress.pruning import format_sparsity_report, load_pruned_model, sparsity_report
+    _import_custom_objects(args)
     # load_pruned_model also reads plain models, and models saved mid-pruning.
-    model = load_pruned_model(args.model, allow_unsafe=args.allow_unsafe)
+    model = load_pruned_model(args.model, allow_unsafe=args.allow_unsafe, compile=False)
     report = sparsity_report(model, args.structure)
     print(json.dumps(report, indent=2) if args.json else format_sparsity_report(report))
     return 0
@@ -131,7 +157,8 @@ def _run(args):
     if args.model and not os.path.exists(args.model):
         raise ValueError(f"--model {args.model}: no such file or directory")
     recipe = config.load_recipe(recipe_name, overrides=overrides)
-    result = pipeline.run(recipe, args.out, force=args.force,
+    _import_custom_objects(args)
+    result = pipeline.run(recipe, args.out, force=args.force, allow_unsafe=args.allow_unsafe,
                           log=lambda line: print(line, flush=True))
     print()
     print(report.format_table(result))
@@ -180,6 +207,23 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _trust_flags(p):
+    p.add_argument("--allow_unsafe", action="store_true",
+                   help="load a model that holds code (Lambda layers...; trusted files only)")
+    p.add_argument("--custom_objects", action="append", metavar="MODULE",
+                   help="import your module (a name, or a .py path) first, so the custom "
+                        "layers it defines load; it runs that module's code; repeatable")
+
+
+def _data_scale_flags(p):
+    from tfcompress.data import SCALES  # numpy only
+    p.add_argument("--scale", choices=SCALES, default="auto",
+                   help="how stored values map to the model's input: auto (uint8 / 255, "
+                        "other data as stored), unit (/ 255), none, symmetric ([-1, 1])")
+    p.add_argument("--mean", help="then subtract this (a number, or one per channel: a,b,c)")
+    p.add_argument("--std", help="then divide by this (a number, or one per channel)")
+
+
 def build_parser():
     parser = _Parser(
         prog="tfcompress",
@@ -205,8 +249,8 @@ def build_parser():
     p.add_argument("--sparse", action="store_true",
                    help="store pruned float32 weights sparse (float32 only)")
     p.add_argument("--out", required=True, help="output folder; files are NAME_MODE.tflite")
-    p.add_argument("--allow_unsafe", action="store_true",
-                   help="load a model that holds code (Lambda layers...; trusted files only)")
+    _data_scale_flags(p)
+    _trust_flags(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect", help="ops, dtypes, sizes, MACs of a .tflite; Edge TPU check")
@@ -224,9 +268,8 @@ def build_parser():
     p.add_argument("--keras", metavar="MODEL", help="also report agreement with this Keras model")
     p.add_argument("--layer_errors", action="store_true",
                    help="per-layer int8 quantization error of the --keras model, worst first")
-    p.add_argument("--allow_unsafe", action="store_true",
-                   help="load a --keras model that holds code (Lambda layers...; trusted "
-                        "files only)")
+    _data_scale_flags(p)
+    _trust_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_evaluate)
 
@@ -234,8 +277,7 @@ def build_parser():
     p.add_argument("model", help=".keras, .h5 or SavedModel directory")
     p.add_argument("--structure", help="also check a structure: M:N such as 2:4, or a block 1x4")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--allow_unsafe", action="store_true",
-                   help="load a model that holds code (Lambda layers...; trusted files only)")
+    _trust_flags(p)
     p.set_defaults(func=_sparsity)
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.set_defaults(func=_recipes)
@@ -248,8 +290,9 @@ def build_parser():
     p.add_argument("--model", help="your trained model file (sets teacher.path)")
     p.add_argument("--data", help="dataset spec (sets data.dataset): fashion_mnist, npz:PATH, ...")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. stages.0.train.epochs=1 or "
-                        "data.max_train_samples=5000; repeatable")
+                   help="override a recipe value, e.g. stages.0.train.epochs=1, "
+                        "data.scale=none or data.max_train_samples=5000; repeatable")
+    _trust_flags(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("report", help="re-render report.md/report.json/pareto.png of a run")

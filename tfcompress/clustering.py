@@ -270,7 +270,9 @@ def _select(model, config):
             raise ClusteringError(
                 f"{_describe(layer)} has weights TFMOT does not know how to cluster: implement "
                 "tfmot.clustering.keras.ClusterableLayer (get_clusterable_weights() returning "
-                f"its kernels) in the layer, or leave it alone with exclude=[{layer.name!r}]")
+                f"its kernels) in the layer, or leave it alone with exclude=[{layer.name!r}] "
+                f"(recipe: cluster: {{exclude: [{layer.name}]}}; tfcompress train: "
+                f"--cluster_exclude={layer.name})")
     check_used(config.per_layer, "per_layer", chosen,
                what="layer selected for clustering (see include, exclude, skip_first_and_last)")
 

@@ -48,15 +48,38 @@ class RecipeError(TfcompressError, ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    """dataset: a `tfcompress.data.load_dataset` spec (fashion_mnist, npz:PATH, ...)."""
+    """dataset: a `tfcompress.data.load_dataset` spec (fashion_mnist, npz:PATH, ...).
+
+    scale, mean, std: how stored values map to the model's input, the same for
+    training, calibration and evaluation (`tfcompress.data.SCALES`): "auto"
+    (uint8 / 255, other types as stored), "unit" (/ 255), "none", "symmetric"
+    (/ 127.5 - 1); then (x - mean) / std when given (a number, or one per channel).
+    """
     dataset: str = "fashion_mnist"
     max_train_samples: Optional[int] = None
     calibration_samples: int = 200
     eval_samples: Optional[int] = None  # None: the whole test split
     test_fraction: float = 0.2          # for npz/imagefolder data without a test split
+    scale: str = "auto"
+    mean: object = None
+    std: object = None
 
     def validate(self, where):
         _check(self.dataset, where + ".dataset", "a data spec such as fashion_mnist or npz:FILE")
+        from tfcompress.data import SCALES  # numpy only: cheap
+        if self.scale not in SCALES:
+            raise RecipeError(f"{where}.scale: unknown {self.scale!r}; valid: {', '.join(SCALES)} "
+                              "(auto: uint8 data / 255, other data as stored)")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            values = value if isinstance(value, list) else [value]
+            if value is not None and (not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise RecipeError(f"{where}.{key} must be a number or a list of numbers (one "
+                                  f"per channel), got {value!r}")
+        stds = self.std if isinstance(self.std, list) else [self.std]
+        if self.std is not None and not all(v > 0 for v in stds):
+            raise RecipeError(f"{where}.std must be > 0, got {self.std!r}")
         _positive(self.max_train_samples, where + ".max_train_samples", optional=True)
         _positive(self.calibration_samples, where + ".calibration_samples")
         _positive(self.eval_samples, where + ".eval_samples", optional=True)
@@ -127,7 +150,7 @@ class PruneStage:
     schedule: str = "polynomial"
     structure: Optional[str] = None     # "2:4", "4x1" block, ...
     skip_first_and_last: bool = False
-    exclude: list = dataclasses.field(default_factory=list)
+    exclude: list = dataclasses.field(default_factory=list)  # layer names, regexes, class names
     learning_rate: float = 2e-3
     batch_size: int = 128
     distill: bool = False          # train against the teacher's soft targets too
@@ -142,6 +165,7 @@ class ClusterStage:
     epochs: int = 1
     init: str = "kmeans++"
     preserve_sparsity: bool = True
+    exclude: list = dataclasses.field(default_factory=list)  # layer names, regexes, class names
     learning_rate: float = 1e-4
     batch_size: int = 128
     distill: bool = False          # train against the teacher's soft targets too
@@ -155,6 +179,8 @@ class QATStage:
     epochs: int = 1
     scheme: str = "auto"
     per_tensor: bool = False
+    exclude_layers: list = dataclasses.field(default_factory=list)  # names or regexes: float
+    exclude_types: list = dataclasses.field(default_factory=list)   # class names: float
     learning_rate: float = 1e-4
     batch_size: int = 128
     distill: bool = False          # train against the teacher's soft targets too
@@ -247,6 +273,9 @@ class Recipe:
     # tf.distribute strategy of the training stages (tfcompress.distribute): default,
     # mirrored, multi_worker. Not in the stage hash: a run may resume under another.
     strategy: str = "default"
+    # Stop before any work when the float input model scores at chance on the data
+    # (tfcompress.heads.chance_floor): wrong data.scale, label order or data set.
+    chance_check: bool = True
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -353,6 +382,10 @@ def _validate_stage(kind, s, where):
     if hasattr(s, "temperature"):
         _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
         _number_in(s.alpha, 0, 1, where + ".alpha")
+    for key in ("exclude", "exclude_layers", "exclude_types"):
+        if not all(isinstance(p, str) for p in getattr(s, key, [])):
+            raise RecipeError(f"{where}.{key} must be a list of layer names, regular "
+                              f"expressions or class names, got {getattr(s, key)!r}")
     if kind == "prune":
         _number_in(s.sparsity, 0, 1, where + ".sparsity", lo_open=True, hi_open=True)
         # The same forms tfcompress.pruning accepts, checked before any stage trains.
@@ -360,9 +393,6 @@ def _validate_stage(kind, s, where):
                                                         s.structure):
             raise RecipeError(f"{where}.structure: {s.structure!r} is not 'M:N' (e.g. '2:4') "
                               "or a block 'HxW' (e.g. '1x4'); null for unstructured")
-        if not all(isinstance(p, str) for p in s.exclude):
-            raise RecipeError(f"{where}.exclude must be a list of layer names or regular "
-                              f"expressions, got {s.exclude!r}")
         if s.schedule not in ("polynomial", "constant"):
             raise RecipeError(f"{where}.schedule: unknown {s.schedule!r}; valid: polynomial, "
                               f"constant")

@@ -7,8 +7,12 @@ Specs:
     "imagefolder:PATH"         one sub-folder per class (PATH/train, PATH/test if present)
     "tfds:NAME"                a TensorFlow Datasets set (needs `pip install tensorflow-datasets`)
 
-Images come back as float32 NHWC in [0, 1] (uint8 input is scaled; float input
-is kept as it is), labels as int64 class ids. Fashion-MNIST is looked for in:
+Images come back as float32 NHWC, labels as int64 class ids. How stored values
+map to the model's input is `scale` (SCALES): "auto" divides uint8 data (and
+8-bit image files) by 255 and keeps other data as stored; "unit" always divides
+by 255; "none" keeps the stored values (a model with `Rescaling(1/255)` inside
+wants uint8 pixels as they are); "symmetric" maps 0..255 to [-1, 1]; then
+`mean`/`std` (a number or one per channel) normalise: (x - mean) / std. Fashion-MNIST is looked for in:
 an explicit DIR, `$TFCOMPRESS_DATA`, /usr/share/datasets/fashion-mnist (Debian
 package `dataset-fashion-mnist`), the Keras cache (~/.keras/datasets), and
 finally downloaded with `keras.datasets.fashion_mnist`.
@@ -16,6 +20,7 @@ finally downloaded with `keras.datasets.fashion_mnist`.
 Example:
     ds = load_dataset("fashion_mnist")
     ds.x_train.shape, ds.num_classes        # (60000, 28, 28, 1), 10
+    raw = load_dataset("npz:pixels.npz", scale="none")   # uint8 values kept as 0..255
     calib = calibration_samples(ds.x_train, 200, seed=0)
 """
 
@@ -23,6 +28,7 @@ import dataclasses
 import gzip
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
@@ -44,6 +50,9 @@ SPEC_HELP = ("use fashion_mnist, fashion_mnist:DIR, npz:PATH, imagefolder:PATH "
 # Without a 'labels' array the class count is the largest id + 1; a stray huge id
 # (2**40) would otherwise allocate a name per class until memory runs out.
 MAX_CLASSES = 100_000
+SCALES = ("auto", "unit", "none", "symmetric")
+_SCALE_WORDS = {"unit": "/ 255 -> [0, 1]", "none": "as stored",
+                "symmetric": "/ 127.5 - 1 -> [-1, 1]"}
 
 
 @dataclasses.dataclass
@@ -58,6 +67,9 @@ class Dataset:
     class_names: list
     value_range: tuple = (0.0, 1.0)
     source: str = ""
+    stored_dtype: str = "float32"   # the values' type on disk: "uint8" for pixels
+    scale: str = "none"             # how they were mapped to the model's input (SCALES)
+    normalization: Optional[tuple] = None  # (mean, std) applied after `scale`
 
     @property
     def input_shape(self):
@@ -67,15 +79,23 @@ class Dataset:
     def num_classes(self):
         return len(self.class_names)
 
+    @property
+    def scale_words(self):
+        words = f"{self.scale} ({_SCALE_WORDS[self.scale]})"
+        if self.normalization:
+            words += " then (x - {}) / {}".format(*self.normalization)
+        return words
+
     def summary(self):
         return (f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
                 f"input {self.input_shape}, {self.num_classes} classes, "
-                f"values in [{self.value_range[0]:g}, {self.value_range[1]:g}], "
-                f"from {self.source}")
+                f"{self.stored_dtype} values scaled {self.scale_words}, in "
+                f"[{self.value_range[0]:g}, {self.value_range[1]:g}], from {self.source}")
 
 
-def load_dataset(spec, data_dir=None, image_size=(96, 96), test_fraction=0.2, seed=0):
-    """Loads a data set named by `spec` (see the module docstring).
+def load_dataset(spec, data_dir=None, image_size=(96, 96), test_fraction=0.2, seed=0,
+                 scale="auto", mean=None, std=None):
+    """Loads a data set named by `spec` and scales it (see the module docstring).
 
     Args:
         spec: the data set spec string.
@@ -85,6 +105,7 @@ def load_dataset(spec, data_dir=None, image_size=(96, 96), test_fraction=0.2, se
         test_fraction: share held out as test when the source has no test split
             (npz without x_test, imagefolder without a test/ folder).
         seed: for that split; the same seed gives the same split.
+        scale, mean, std: see `scale_dataset`.
 
     Returns:
         A `Dataset`.
@@ -94,20 +115,82 @@ def load_dataset(spec, data_dir=None, image_size=(96, 96), test_fraction=0.2, se
     """
     if not isinstance(spec, str) or not spec:
         raise DataError(f"dataset spec must be a non-empty string, got {spec!r}; {SPEC_HELP}")
+    if scale not in SCALES:  # checked before minutes of loading
+        raise DataError(f"unknown data scale {scale!r}; valid: {', '.join(SCALES)}")
     kind, _, arg = spec.partition(":")
     if kind == "fashion_mnist":
-        return load_fashion_mnist(arg or data_dir)
-    if not arg:
+        ds = load_fashion_mnist(arg or data_dir)
+    elif not arg:
         if kind in ("npz", "imagefolder", "tfds"):
             raise DataError(f"dataset spec {spec!r} needs a path or name after ':'; {SPEC_HELP}")
         raise DataError(f"unknown dataset {spec!r}; {SPEC_HELP}")
-    if kind == "npz":
-        return load_npz(arg, test_fraction=test_fraction, seed=seed)
-    if kind == "imagefolder":
-        return load_image_folder(arg, image_size=image_size, test_fraction=test_fraction, seed=seed)
-    if kind == "tfds":
-        return load_tfds(arg)
-    raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; {SPEC_HELP}")
+    elif kind == "npz":
+        ds = load_npz(arg, test_fraction=test_fraction, seed=seed)
+    elif kind == "imagefolder":
+        ds = load_image_folder(arg, image_size=image_size, test_fraction=test_fraction, seed=seed)
+    elif kind == "tfds":
+        ds = load_tfds(arg)
+    else:
+        raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; {SPEC_HELP}")
+    return scale_dataset(ds, scale, mean, std)
+
+
+def scale_dataset(ds, scale="auto", mean=None, std=None):
+    """Maps `ds`'s stored values to the model's input, in place; returns `ds`.
+
+    Args:
+        ds: a `Dataset` as loaded (stored values, `ds.scale` "none").
+        scale: "auto" ("unit" for uint8 data, else "none"), "unit" (x / 255),
+            "none", "symmetric" (x / 127.5 - 1).
+        mean, std: None, a number, or one number per channel (the last axis):
+            then x = (x - mean) / std.
+
+    Raises:
+        DataError: an unknown scale, a std <= 0, or a per-channel list whose
+            length is not the channel count.
+
+    Example:
+        scale_dataset(load_dataset("npz:x.npz", scale="none"), "unit", mean=0.5, std=0.25)
+    """
+    if scale not in SCALES:
+        raise DataError(f"unknown data scale {scale!r}; valid: {', '.join(SCALES)}")
+    if ds.scale != "none":
+        raise DataError(f"{ds.name} is already scaled ({ds.scale}); load it with scale='none'")
+    if scale == "auto":
+        scale = "unit" if ds.stored_dtype == "uint8" else "none"
+    channels = ds.x_train.shape[-1]
+    stats = []
+    for key, value in (("mean", mean), ("std", std)):
+        if value is None:
+            stats.append(None)
+            continue
+        arr = np.asarray(value, np.float32).reshape(-1)
+        if len(arr) not in (1, channels):
+            raise DataError(f"data.{key} has {len(arr)} values but the data has {channels} "
+                            f"channel(s) (the last axis); give one number or {channels}")
+        if key == "std" and not np.all(arr > 0):
+            raise DataError(f"data.std must be > 0, got {value!r}")
+        stats.append(arr)
+    for x in (ds.x_train, ds.x_test):  # in place: the loaders made these float32 copies
+        if scale == "unit":
+            x /= np.float32(255.0)
+        elif scale == "symmetric":
+            x /= np.float32(127.5)
+            x -= np.float32(1.0)
+        if stats[0] is not None:
+            x -= stats[0]
+        if stats[1] is not None:
+            x /= stats[1]
+    ds.scale = scale
+    if mean is not None or std is not None:
+        ds.normalization = (0 if mean is None else mean, 1 if std is None else std)
+    ds.value_range = _value_range(ds.x_train, ds.x_test)
+    return ds
+
+
+def _value_range(*arrays):
+    present = [a for a in arrays if len(a)]
+    return (float(min(a.min() for a in present)), float(max(a.max() for a in present)))
 
 
 def read_idx(path):
@@ -165,7 +248,8 @@ def _fashion_dirs(explicit):
 
 
 def load_fashion_mnist(data_dir=None, download=True):
-    """Fashion-MNIST (60,000 train / 10,000 test, 28x28x1, 10 classes).
+    """Fashion-MNIST (60,000 train / 10,000 test, 28x28x1, 10 classes), as stored
+    (0..255; `scale_dataset` or `load_dataset("fashion_mnist")` scales it).
 
     Args:
         data_dir: folder holding the four IDX files; when given, only it is searched.
@@ -209,7 +293,7 @@ def load_fashion_mnist(data_dir=None, download=True):
         x_test=_to_float_images(arrays["x_test"]),
         y_test=arrays["y_test"].astype(np.int64),
         class_names=list(FASHION_MNIST_CLASSES),
-        source=source,
+        value_range=(0.0, 255.0), source=source, stored_dtype="uint8",
     )
 
 
@@ -251,11 +335,10 @@ def _finite_images(x, path, key):
 
 
 def _to_float_images(x):
-    """uint8 -> float32 in [0, 1], other types -> float32; (N, H, W) gets a channel axis."""
+    """A float32 copy of the stored values (scaled later, `scale_dataset`); (N, H, W)
+    gets a channel axis."""
     if x.ndim == 3:
         x = x[..., None]
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
     with np.errstate(over="ignore"):  # values beyond float32 become Inf; callers check
         return x.astype(np.float32)
 
@@ -296,7 +379,8 @@ def _split(x, y, test_fraction, seed):
 
 
 def load_npz(path, test_fraction=0.2, seed=0):
-    """Arrays `x`, `y` (and optionally `x_test`, `y_test`) from an .npz file.
+    """Arrays `x`, `y` (and optionally `x_test`, `y_test`) from an .npz file, as stored
+    (`scale_dataset` maps them to the model's input).
 
     Instead of `x`, quantized features `x_int8` with `input_scale` and
     `input_zero_point` (the MLPerf Tiny test files) are dequantized to float.
@@ -340,6 +424,7 @@ def load_npz(path, test_fraction=0.2, seed=0):
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
     x, y = _features(arrays["x"], path, "x"), _labels(arrays["y"], path, "y")
+    stored_dtype = x.dtype.name
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}")
     x = _finite_images(x, path, "x")
@@ -366,14 +451,16 @@ def load_npz(path, test_fraction=0.2, seed=0):
     lo = float(min(x.min(), xt.min() if len(xt) else x.min()))
     hi = float(max(x.max(), xt.max() if len(xt) else x.max()))
     return Dataset(name=os.path.basename(path), x_train=x, y_train=y, x_test=xt, y_test=yt,
-                   class_names=names, value_range=(lo, hi), source=path)
+                   class_names=names, value_range=(lo, hi), source=path,
+                   stored_dtype=stored_dtype)
 
 
 def load_image_folder(path, image_size=(96, 96), test_fraction=0.2, seed=0):
     """Images in PATH/<class>/..., or PATH/train/<class> and PATH/test/<class>.
 
     Uses `keras.utils.image_dataset_from_directory`; images are resized to
-    `image_size` and scaled to [0, 1]. All images are held in memory.
+    `image_size`; their 0..255 values count as uint8 for `scale`. All images are
+    held in memory.
     """
     from tfcompress.keras import keras, tf
     if not os.path.isdir(path):
@@ -400,8 +487,9 @@ def load_image_folder(path, image_size=(96, 96), test_fraction=0.2, seed=0):
                         "(corrupt, truncated or not really an image); delete or re-save it") from e
     if len(x) == 0:
         raise DataError(f"{path}: no images found (expected PATH/<class>/<image>)")
-    return Dataset(name=os.path.basename(os.path.normpath(path)), x_train=x / 255.0,
-                   y_train=y, x_test=xt / 255.0, y_test=yt, class_names=list(names), source=path)
+    return Dataset(name=os.path.basename(os.path.normpath(path)), x_train=x, y_train=y,
+                   x_test=xt, y_test=yt, class_names=list(names), source=path,
+                   value_range=(0.0, 255.0), stored_dtype="uint8")
 
 
 def _undecodable_image(root):
@@ -445,7 +533,7 @@ def load_tfds(name):
         raise DataError(f"tfds:{name}: {' '.join(str(e).split())[:300]}") from e
     return Dataset(name=name, x_train=_to_float_images(x), y_train=y.astype(np.int64),
                    x_test=_to_float_images(xt), y_test=yt.astype(np.int64),
-                   class_names=names, source=f"tfds:{name}")
+                   class_names=names, source=f"tfds:{name}", stored_dtype=x.dtype.name)
 
 
 def subsample(x, y, n, seed=0):

@@ -45,7 +45,9 @@ above 16, which temperature 4 brings back into play). Only when a model's
 output is a probability vector without a softmax op in reach (a reshape
 after the softmax, say) is `log(max(p, 1e-30))` used; it equals the logits
 up to a per-row constant, which softmax ignores. A model with any other
-output is taken to output logits; a sigmoid output is refused.
+output is taken to output logits. A binary classifier's one unit (a sigmoid,
+or a logit z) is the two-class softmax over [0, z]; several sigmoid units
+(multi-label) are refused.
 
 Reference:
     Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
@@ -58,6 +60,7 @@ import numbers
 
 import numpy as np
 
+from tfcompress import heads
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
@@ -309,58 +312,22 @@ def get(identifier):
 # ----------------------------------------------------------------- model checks
 
 
-def _input_specs(model):
-    """TensorSpecs of the model's inputs (batch dimension None), or None if unknown."""
-    if getattr(model, "inputs", None):
-        return [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
-    spec = model.save_spec(dynamic_batch=True) if model.built else None
-    if spec and spec[0]:
-        return tf.nest.flatten(spec[0][0])
-    return None
-
-
-def _output_kind(output):
-    """"softmax", "sigmoid" or "other" for an output tensor in a graph."""
-    op_type = getattr(getattr(output, "op", None), "type", None)
-    if op_type == "Softmax":
-        return "softmax"
-    if op_type == "Sigmoid":
-        return "sigmoid"
-    return "other"
-
-
 def _probe(model, specs, role):
     """Traces `model` once: (output shape without batch, output kind).
 
-    The kind is read from the graph (the op that makes the output); an
-    output with no softmax op but whose rows are probability vectors on a
-    small random batch is "probabilities".
+    The kind is read from the graph (tfcompress.heads): "softmax" (also rows
+    that are probability vectors without a softmax op in reach), "sigmoid",
+    or "other" (logits).
     """
-    found = []
-
-    def run(*inputs):
-        outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
-        if isinstance(outputs, (list, tuple, dict)):
-            raise DistillationError(
-                f"the {role} {model.name!r} has several outputs; the Distiller needs models with "
-                "one output (distill a multi-output model through FeatureDistillation on a "
-                "single-output sub-model)")
-        found.append(_output_kind(outputs))
-        return outputs
-
-    concrete = tf.function(run, autograph=False).get_concrete_function(*specs)
-    shape = tuple(concrete.structured_outputs.shape[1:])
-    kind = found[0]
-    if kind == "other":
-        batch = [np.random.default_rng(0).random((2,) + tuple(d or 1 for d in s.shape[1:]))
-                 .astype(s.dtype.as_numpy_dtype) if s.dtype.is_floating
-                 else np.zeros((2,) + tuple(d or 1 for d in s.shape[1:]), s.dtype.as_numpy_dtype)
-                 for s in specs]
-        values = np.asarray(model(batch[0] if len(batch) == 1 else batch, training=False))
-        if values.ndim >= 2 and values.shape[-1] > 1 and np.all(values >= 0) and np.allclose(
-                values.sum(axis=-1), 1.0, atol=1e-3):
-            kind = "probabilities"
-    return shape, kind
+    shape, op_type, outputs = heads.trace_output(model, specs)
+    if outputs > 1:
+        raise DistillationError(
+            f"the {role} {model.name!r} has several outputs; the Distiller needs models with "
+            "one output (distill a multi-output model through FeatureDistillation on a "
+            "single-output sub-model)")
+    if op_type in ("Softmax", "Sigmoid"):
+        return shape, op_type.lower()
+    return shape, "softmax" if heads.outputs_probabilities(model, specs) else "other"
 
 
 def _layer_weights(model):
@@ -396,9 +363,22 @@ def _find_layer(model, name, role):
 
 
 def _pre_softmax(output, kind):
-    """The logits behind a model output (see the module docstring)."""
+    """The logits behind a model output (see the module docstring).
+
+    A one-unit head (sigmoid or binary logit z) is the two-class softmax over
+    logits [0, z]: sigmoid(z) = softmax([0, z])[1].
+    """
     if kind == "logits":
         return output
+    if kind in ("sigmoid", "binary_logits"):
+        if kind == "binary_logits":
+            z = output
+        elif not isinstance(output, tf.__internal__.EagerTensor) and output.op.type == "Sigmoid":
+            z = output.op.inputs[0]
+        else:
+            p = tf.clip_by_value(tf.cast(output, tf.float32), _LOG_FLOOR, 1 - 1e-7)
+            z = tf.math.log(p) - tf.math.log1p(-p)
+        return tf.concat([tf.zeros_like(z), z], axis=-1)
     if not isinstance(output, tf.__internal__.EagerTensor) and output.op.type == "Softmax":
         return output.op.inputs[0]
     logits = getattr(output, "_keras_logits", None)
@@ -450,7 +430,7 @@ class Distiller(keras.Model):
         DistillationError: the teacher is the student or shares its layers;
             input or output shapes differ; a weight outside [0, 1]; a
             feature layer that does not exist (the message lists the valid
-            names); a sigmoid output with LogitsDistillation; a teacher
+            names); multi-label sigmoid outputs with LogitsDistillation; a teacher
             still wrapped for pruning.
         TypeError: a model that is not a tf_keras model.
     """
@@ -668,7 +648,7 @@ def _check_models(teacher, student, losses):
     if not student.trainable_weights:
         raise DistillationError(f"the student {student.name!r} has no trainable weights; "
                                 "set student.trainable = True")
-    teacher_specs, student_specs = _input_specs(teacher), _input_specs(student)
+    teacher_specs, student_specs = heads.input_specs(teacher), heads.input_specs(student)
     if teacher_specs is None and student_specs is None:
         raise DistillationError("neither model knows its input shape; build them with "
                                 "keras.Input (or call them once on data) first")
@@ -688,14 +668,19 @@ def _check_models(teacher, student, losses):
     if any(loss.uses_logits for loss in losses):
         for role, model, kind in (("teacher", teacher, teacher_kind),
                                   ("student", student, student_kind)):
-            if kind == "sigmoid":
+            if kind == "sigmoid" and teacher_shape != (1,):
                 raise DistillationError(
-                    f"the {role} {model.name!r} ends in a sigmoid; LogitsDistillation compares "
-                    "softmax distributions, so it needs a softmax or logits output (use "
+                    f"the {role} {model.name!r} ends in {teacher_shape[-1]} sigmoid units "
+                    "(multi-label); LogitsDistillation compares softmax distributions, so it "
+                    "needs a softmax, logits or one-sigmoid-unit output (use "
                     "FeatureDistillation for other outputs)")
-    kinds = {"softmax": "softmax", "probabilities": "softmax"}
-    plan = {"teacher_kind": kinds.get(teacher_kind, "logits"),
-            "student_kind": kinds.get(student_kind, "logits"),
+
+    def kind_of(kind):  # how _pre_softmax finds the logits
+        if teacher_shape == (1,):
+            return "sigmoid" if kind == "sigmoid" else "binary_logits"
+        return kind if kind in ("softmax", "sigmoid") else "logits"
+
+    plan = {"teacher_kind": kind_of(teacher_kind), "student_kind": kind_of(student_kind),
             "teacher_layers": [], "student_layers": [], "loss_inputs": [], "projections": {}}
     for index, loss in enumerate(losses):
         t = _feature_index(teacher, loss.teacher_layer_name, "teacher", plan["teacher_layers"])

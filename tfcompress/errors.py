@@ -4,6 +4,9 @@ Every message names the problem and the fix. CLIs catch `TfcompressError` and
 print it as one line (no traceback).
 """
 
+import contextlib
+import os
+
 
 class TfcompressError(Exception):
     """Base class of the errors that are the user's to fix."""
@@ -21,6 +24,40 @@ class NonFiniteWeightsError(TfcompressError, ValueError):
     """A model holds NaN or Inf weights; the message names the layer and weight."""
 
 
+class StageError(TfcompressError, RuntimeError):
+    """Keras or TensorFlow failed inside a stage; the message names the stage and model."""
+
+
+def exception_line(e):
+    """`Type: message` of an exception in one line: for TF's "in user code:" errors, the
+    line that says what went wrong (the last one), not the traceback before it."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("in user code:"):
+        lines = [line for line in lines[1:] if not line.startswith("File ")][-1:] or lines
+    text = lines[0] if lines else ""
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def stage_errors(stage, model_file):
+    """Turns an exception from inside Keras/TF into a one-line `StageError` naming `stage`
+    and `model_file`; our own errors (already one clear line) pass through.
+
+    Example:
+        with stage_errors("03-prune", "runs/x/02-distill/model.keras"):
+            model.fit(x, y)
+    """
+    try:
+        yield
+    except (TfcompressError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if os.environ.get("TFCOMPRESS_DEBUG"):
+            raise
+        raise StageError(f"stage {stage} failed on {model_file}: {exception_line(e)} (set "
+                         "TFCOMPRESS_DEBUG=1 for the traceback)") from e
+
+
 # What a CLI reports as one line: our errors, plus the ValueError/TypeError/OSError
 # that validation and file access raise. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (TfcompressError, ValueError, TypeError, OSError)
@@ -34,7 +71,6 @@ def run_cli(fn, *args, **kwargs):
     Example:
         sys.exit(run_cli(main, argv))
     """
-    import os
     import sys
     try:
         return fn(*args, **kwargs)

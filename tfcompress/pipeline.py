@@ -31,11 +31,11 @@ import time
 
 from tfcompress import config as config_lib
 from tfcompress import data as data_lib
-from tfcompress import distribute
+from tfcompress import distribute, heads
 from tfcompress import stages as stages_lib
-from tfcompress.errors import TfcompressError
+from tfcompress.errors import TfcompressError, stage_errors
 from tfcompress.keras import keras
-from tfcompress.saving import load_model, save_model, write_json_atomic
+from tfcompress.saving import load_model, save_model, saved_compile, write_json_atomic
 
 
 class PipelineError(TfcompressError, ValueError):
@@ -69,51 +69,105 @@ def _input_hash(recipe):
 class SavedStageModel:
     """A finished stage's model on disk, loaded on demand with `load()`."""
 
-    def __init__(self, stage_dir, kind):
-        self.stage_dir, self.kind = stage_dir, kind
+    def __init__(self, stage_dir, kind, allow_unsafe=False):
+        self.stage_dir, self.kind, self.allow_unsafe = stage_dir, kind, allow_unsafe
+
+    @property
+    def path(self):
+        return os.path.join(self.stage_dir, "model.keras")
 
     def load(self):
-        path = os.path.join(self.stage_dir, "model.keras")
         if self.kind == "qat":
             from tfcompress import quantization
-            return quantization.load_qat_model(path)
-        return load_model(path)
+            return quantization.load_qat_model(self.path, allow_unsafe=self.allow_unsafe,
+                                               compile=False)
+        return load_model(self.path, allow_unsafe=self.allow_unsafe, compile=False)
 
 
 def _check_model_fits(model, ds, what):
+    """The model reads the data's inputs and its head scores the data's classes."""
+    if len(model.inputs or []) > 1:
+        raise PipelineError(f"{what} has {len(model.inputs)} inputs; the pipeline feeds one "
+                            "array of samples (data.dataset)")
     if tuple(model.input_shape[1:]) != tuple(ds.input_shape):
         raise PipelineError(f"{what} takes inputs of shape {tuple(model.input_shape[1:])} but "
                             f"the data {ds.source} has {tuple(ds.input_shape)}; fix data.dataset "
                             f"or the model")
-    if model.output_shape[-1] != ds.num_classes:
-        raise PipelineError(f"{what} has {model.output_shape[-1]} outputs but the data has "
-                            f"{ds.num_classes} classes")
+    head = heads.detect(model, name=what)
+    heads.check_fits(head, ds.num_classes, what, f"the data {ds.source}")
+    return head
 
 
-def _build(spec, ds, what):
+def _build(spec, ds, what, allow_unsafe=False):
     import models
     if spec.path:
         if not os.path.exists(spec.path):
             raise PipelineError(f"{what}.path {spec.path}: no such file or directory")
-        model = load_model(spec.path)
+        # compile=False: the file's loss and metrics are never used to measure.
+        model = load_model(spec.path, allow_unsafe=allow_unsafe, compile=False)
     else:
         model = models.get_model(spec.model, ds.input_shape, ds.num_classes, **spec.options)
     _check_model_fits(model, ds, f"{what} {spec.path or spec.model}")
     return model
 
 
+def _chance_causes(model, ds):
+    """The likely reasons a float model scores at chance on `ds`, most specific first."""
+    inside = [layer.name for layer in model.submodules
+              if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
+    if inside and ds.scale != "none":
+        return (f"the model scales its own input (layer {inside[0]!r}) but the data was scaled "
+                f"too ({ds.scale_words}): rerun with --set data.scale=none")
+    if not inside and ds.scale == "none" and ds.value_range[1] > 2:
+        return (f"the data is fed as stored, in [{ds.value_range[0]:g}, {ds.value_range[1]:g}], "
+                "and the model has no scaling layer: rerun with --set data.scale=unit "
+                "(/ 255) or data.scale=symmetric ([-1, 1]), as the model was trained")
+    return (f"the data scaling (data.scale is {ds.scale}; try unit, none or symmetric, and "
+            "data.mean/data.std), the label order (class ids must match the model's outputs), "
+            "or a different data set than the model was trained on. If the model really is "
+            "this weak, --set chance_check=false compresses it anyway")
+
+
+def _input_stage(recipe, ds, ctx, log, allow_unsafe):
+    """00-input: the user's model, its head, and the sanity check before any work."""
+    path = recipe.teacher.path
+    model = _build(recipe.teacher, ds, "teacher", allow_unsafe)
+    compiled = saved_compile(path)
+    if compiled:
+        log(f"  {path} was saved compiled ({compiled}); tfcompress ignores the file's loss "
+            "and metrics and measures top-1 from the model's outputs")
+    head = heads.detect(model)
+    accuracy = stages_lib.keras_accuracy(model, ctx, head)
+    log(f"  head: {head.describe()}; float top-1 on the test split {100 * accuracy:.2f}% "
+        f"({ds.summary()})")
+    if recipe.chance_check:
+        heads.check_above_chance(accuracy, ds.num_classes,
+                                 f"the input model {path} on {ds.name}",
+                                 _chance_causes(model, ds))
+    return model, {"keras_test_accuracy": accuracy, "parameters": int(model.count_params()),
+                   "source": path, "head": head.to_dict(), "saved_compile": compiled}
+
+
 def load_data(recipe):
-    """The recipe's data set, with training rows subsampled as the recipe says."""
+    """The recipe's data set, scaled and with training rows subsampled as the recipe says."""
     ds = data_lib.load_dataset(recipe.data.dataset, test_fraction=recipe.data.test_fraction,
-                               seed=recipe.seed)
+                               seed=recipe.seed, scale=recipe.data.scale,
+                               mean=recipe.data.mean, std=recipe.data.std)
     x, y = data_lib.subsample(ds.x_train, ds.y_train, recipe.data.max_train_samples, recipe.seed)
     if len(x) == 0 or len(ds.x_test) == 0:
         raise PipelineError(f"data {recipe.data.dataset}: the training or test split is empty")
     return ds, x, y
 
 
-def run(recipe, out_dir, force=False, log=print, verbose=None):
-    """Runs `recipe` into `out_dir` (see the module docstring); returns the report dict."""
+def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=False):
+    """Runs `recipe` into `out_dir` (see the module docstring); returns the report dict.
+
+    `allow_unsafe` loads a teacher file that holds code (Lambda layers...), and the
+    stage models made from it; only for files you trust (`tfcompress.load_model`).
+    A float input model at chance on the data stops the run before any work
+    (`heads.check_above_chance`, unless `recipe.chance_check` is False); an error
+    inside Keras/TF is one `StageError` line naming the stage and its model file.
+    """
     from tfcompress import report as report_lib
     from tfcompress import variants as variants_lib
     start = time.time()
@@ -151,7 +205,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
         reuse = bool(distribute.sync_from_chief(strategy, reuse))
         if reuse:
             log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
-            model = SavedStageModel(stage_dir, kind)
+            model = SavedStageModel(stage_dir, kind, allow_unsafe)
         else:
             pending = _read_json(os.path.join(write_dir, "pending.json"))
             if rerun_rest or (pending or {}).get("hash") != stage_hash:
@@ -162,9 +216,22 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
             # No worker reads the backup before the chief has cleared leftovers.
             distribute.sync_from_chief(strategy)
             log(f"[{n}/{len(steps)}] {name}: running")
-            model = model.load() if isinstance(model, SavedStageModel) else model
-            model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir,
-                                   kinds_done, log, verbose, first, strategy)
+            if isinstance(model, SavedStageModel):
+                source = model.path
+            elif model is None:
+                source = recipe.teacher.path or f"zoo model {recipe.teacher.model}"
+            else:
+                source = "the previous stage's model"
+            try:
+                with stage_errors(name, source):
+                    model = model.load() if isinstance(model, SavedStageModel) else model
+                    model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train,
+                                           stage_dir, kinds_done, log, verbose, first, strategy,
+                                           allow_unsafe)
+            except BaseException:
+                if kind == "input":  # nothing to resume: leave no half-made stage behind
+                    shutil.rmtree(write_dir, ignore_errors=True)
+                raise
             # Every worker saves (reading mirrored BatchNorm statistics is a collective
             # under multi_worker); only the chief's copy is in out_dir.
             save_model(model, os.path.join(write_dir, "model.keras"))
@@ -177,20 +244,22 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
             if recipe.strategy == "multi_worker":
                 # The chief exports from the saved file: a plain model. Reading the
                 # trained one's BatchNorm statistics is a collective the others would miss.
-                model = SavedStageModel(write_dir, kind)
+                model = SavedStageModel(write_dir, kind, allow_unsafe)
             stage_dir = write_dir  # this stage's files, for the variants and `first`
-            log(f"[{n}/{len(steps)}] {name}: trained in {time.time() - t0:.0f} s, Keras test "
+            done = "loaded" if kind == "input" else "trained"
+            log(f"[{n}/{len(steps)}] {name}: {done} in {time.time() - t0:.0f} s, Keras test "
                 f"accuracy {info['keras_test_accuracy']:.4f}")
         kinds_done.append(kind)
-        first = first or SavedStageModel(stage_dir, kind)
+        first = first or SavedStageModel(stage_dir, kind, allow_unsafe)
         modes = recipe.stage_modes(index) if index >= 0 else list(recipe.export.modes)
         # Exports, accuracies and timings depend on the model and on these settings.
         variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
                                          recipe.to_dict()["benchmark"], recipe.data.eval_samples,
                                          recipe.data.calibration_samples])
         if chief:  # exports, evaluation and benchmarks are the chief's alone
-            variants_lib.build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds,
-                                        calibration, force=rerun_rest, log=log)
+            with stage_errors(f"{name} (export)", os.path.join(stage_dir, "model.keras")):
+                variants_lib.build_variants(model, stage_dir, name, modes, variant_hash, recipe,
+                                            ds, calibration, force=rerun_rest, log=log)
         log(f"[{n}/{len(steps)}] {name}: finished in {time.time() - t0:.0f} s")
     distribute.sync_from_chief(strategy)  # the other workers wait for the chief to finish
     if not chief:
@@ -205,18 +274,16 @@ def run(recipe, out_dir, force=False, log=print, verbose=None):
 
 
 def _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir, kinds_done, log,
-             verbose, first, strategy=None):
-    ctx = stages_lib.StageContext(x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir,
-                                  seed=recipe.seed, verbose=verbose, log=log, strategy=strategy,
-                                  earlier_stages=tuple(kinds_done),
-                                  student_builder=lambda: _build(recipe.student, ds, "student"),
-                                  teacher_builder=first.load if first else None)
+             verbose, first, strategy=None, allow_unsafe=False):
+    ctx = stages_lib.StageContext(
+        x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir, seed=recipe.seed,
+        verbose=verbose, log=log, strategy=strategy, earlier_stages=tuple(kinds_done),
+        student_builder=lambda: _build(recipe.student, ds, "student", allow_unsafe),
+        teacher_builder=first.load if first else None)
     if kind == "input":
-        model = _build(recipe.teacher, ds, "teacher")
-        return model, {"keras_test_accuracy": stages_lib.keras_accuracy(model, ctx),
-                       "parameters": int(model.count_params()), "source": recipe.teacher.path}
+        return _input_stage(recipe, ds, ctx, log, allow_unsafe)
     if model is None:  # a train stage first: the teacher from the zoo
         keras.utils.set_random_seed(recipe.seed)
-        model = _build(recipe.teacher, ds, "teacher")
+        model = _build(recipe.teacher, ds, "teacher", allow_unsafe)
     settings = recipe.stages[index].settings
     return stages_lib.run_stage(kind, model, settings, ctx)

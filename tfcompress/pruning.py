@@ -313,7 +313,9 @@ def _cannot_prune(layer):
     return PruningError(
         f"{_describe(layer)} has weights TFMOT does not know how to prune: implement "
         "tfmot.sparsity.keras.PrunableLayer (a get_prunable_weights() method returning its "
-        f"kernels) in the layer, or leave it dense with exclude=[{layer.name!r}]")
+        f"kernels) in the layer, or leave it dense with exclude=[{layer.name!r}] "
+        f"(recipe: prune: {{exclude: [{layer.name}]}}; tfcompress train: "
+        f"--prune_exclude={layer.name})")
 
 
 def _select(model, config):

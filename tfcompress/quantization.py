@@ -672,7 +672,9 @@ def _select(model, config, registry):
         raise QuantizationError(
             f"model {model.name!r} has {len(problems)} layer(s) TFMOT cannot quantize: "
             + "; ".join(problems) + ". Either keep them in float with "
-            f"QATConfig(exclude_layers=[{', '.join(bad)}]) (or exclude_types=[...]), which "
+            f"QATConfig(exclude_layers=[{', '.join(bad)}]) (or exclude_types=[...]; in a "
+            f"recipe: qat: {{exclude_layers: [{', '.join(bad)}]}}, with tfcompress train: "
+            f"--qat_exclude_layers={','.join(bad)}), which "
             "converts in int8 mode but not int8_full, or give each a "
             "tfmot.quantization.keras.QuantizeConfig with QATConfig(quantize_configs="
             "{name or class: config}) or quantization.register_quantize_config(cls, config)")
@@ -821,7 +823,8 @@ def quantize(model, config=None):
         reason = " ".join(str(e).split())[:500]
         raise QuantizationError(
             f"TFMOT could not quantize model {model.name!r}: {reason}. Keep the layer it names "
-            "in float (QATConfig(exclude_layers=[...])) or give it a QuantizeConfig "
+            "in float (QATConfig(exclude_layers=[...]); recipe key qat.exclude_layers; "
+            "tfcompress train --qat_exclude_layers) or give it a QuantizeConfig "
             "(QATConfig(quantize_configs={...}))") from e
 
 

@@ -93,7 +93,7 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
             reason = ("it holds a Lambda layer with Python code, which is refused "
                       "by default because loading it runs that code; pass "
                       "allow_unsafe=True (CLI: --allow_unsafe) only if you trust the file")
-        reason = _file_problem(path) or reason
+        reason = _file_problem(path) or _missing_class(reason) or reason
         raise ModelLoadError(f"{path}: cannot load model: {reason[:500]}") from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(
@@ -107,6 +107,103 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
                 "config and would run the file's own TF graph (a subclassed model, or "
                 f"tf.saved_model.save output); {_ALLOW_HINT}")
     return ensure_tf_keras_model(model)
+
+
+def _missing_class(reason):
+    """Keras's words for a class it cannot find, turned into the fix, or None."""
+    import re
+    found = re.search(r"Unknown (?:layer|object|activation|loss|metric)[^:]*: '?([\w>.]+)'?",
+                      reason) or re.search(r"[Cc]ould not (?:locate|deserialize) class '?([\w>.]+)'?",
+                                          reason) or re.search(r"layer=(\w+) of type str", reason)
+    if not found:
+        return None
+    return (f"Keras does not know the class {found.group(1)!r}: it is custom code; import the "
+            "module that defines it with --custom_objects MODULE (a module name or a .py path), "
+            "or in Python pass custom_objects={name: class}")
+
+
+def saved_compile(path):
+    """How a model file was compiled, in words ("loss categorical_crossentropy, metrics
+    [...]"), or None for a file saved uncompiled. tfcompress ignores it: the log says so."""
+    try:
+        configs = _saved_configs(os.fspath(path))
+    except ModelLoadError:
+        return None
+    for config in configs:
+        if not isinstance(config, dict):
+            continue
+        # .keras: "compile_config"; .h5 attrs and SavedModel metadata: "training_config"
+        # (an .h5 file keeps it as its own JSON document, with the loss at the top level).
+        compiled = config.get("compile_config") or config.get("training_config")
+        if compiled is None and "loss" in config and "optimizer_config" in config:
+            compiled = config
+        if isinstance(compiled, dict) and (compiled.get("loss") or compiled.get("metrics")):
+            return f"loss {_names(compiled.get('loss'))}, metrics {_names(compiled.get('metrics'))}"
+    return None
+
+
+def _names(value):
+    """Short names of serialized losses/metrics ("categorical_crossentropy", "[a, b]")."""
+    if isinstance(value, dict):
+        inner = value.get("config")
+        if isinstance(inner, dict) and inner.get("name"):
+            return str(inner["name"])
+        return str(value.get("class_name") or value.get("name") or "?")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_names(v) for v in value) + "]"
+    return "none" if value is None else str(value)
+
+
+def import_custom_objects(spec):
+    """Imports the user's module `spec` (a module name, found from the current folder
+    too, or a `.py` path) so the custom layers it defines and registers load.
+
+    Its Keras classes (layers, losses, metrics...) are added to Keras's global custom
+    objects, so unregistered ones load too. It runs the module's code: the user's own.
+
+    Returns:
+        {name: class} of the Keras classes found in the module.
+
+    Raises:
+        ModelLoadError: the module or file cannot be found or fails to import.
+
+    Example:
+        import_custom_objects("my_layers")            # ./my_layers.py or an installed module
+        import_custom_objects("src/my_layers.py")
+    """
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+    try:
+        if spec.endswith(".py"):
+            if not os.path.isfile(spec):
+                raise ModelLoadError(f"--custom_objects {spec}: no such file")
+            name = os.path.splitext(os.path.basename(spec))[0]
+            module_spec = importlib.util.spec_from_file_location(name, spec)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module  # Keras finds classes through their module
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as `python -c "import my_layers"` would
+            module = importlib.import_module(spec)
+    except ModelLoadError:
+        raise
+    except ModuleNotFoundError as e:
+        raise ModelLoadError(f"--custom_objects {spec}: no module named {e.name!r} (give a "
+                             "module importable from the current folder, or the path of its "
+                             ".py file)") from e
+    except Exception as e:  # the user's module failed while importing
+        raise ModelLoadError(f"--custom_objects {spec}: importing it failed: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+    found = {name: obj for name, obj in vars(module).items()
+             if inspect.isclass(obj) and obj.__module__ == module.__name__
+             and issubclass(obj, (keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric,
+                                  keras.constraints.Constraint, keras.initializers.Initializer,
+                                  keras.regularizers.Regularizer))}
+    keras.saving.get_custom_objects().update(found)
+    return found
 
 
 def _file_problem(path):
@@ -242,7 +339,9 @@ def unsafe_reason(configs, custom_objects=None):
         if isinstance(module, str) and not _safe_reference(module, item, custom_objects):
             target = item.get("config") if kind == "function" else kind
             return (f"it refers to {module}.{target}, outside Keras, TFMOT and tfcompress (Keras "
-                    "would import it); pass it in custom_objects if it is yours")
+                    f"would import it); if it is your code, import it first: CLI --custom_objects "
+                    f"{module} (a module name, or the path of its .py file), Python "
+                    f"custom_objects={{{target!r}: ...}} or `import {module}` before loading")
     return None
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tfcompress import distribute
+from tfcompress import distribute, heads
 from tfcompress.keras import keras
 
 
@@ -42,6 +42,7 @@ class StageContext:
     earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
     callbacks: tuple = ()                    # extra Keras callbacks
     strategy: object = None                  # a tf.distribute.Strategy; None: one device
+    head: Optional[heads.Head] = None        # the input model's head; None: detected by run_stage
 
 
 def _verbosity(ctx):
@@ -50,14 +51,14 @@ def _verbosity(ctx):
     return 1 if sys.stdout.isatty() else 2
 
 
-def compile_for_training(model, learning_rate, total_steps):
-    """Adam with cosine decay over `total_steps`, sparse cross-entropy, accuracy."""
+def compile_for_training(model, learning_rate, total_steps, head):
+    """Adam with cosine decay over `total_steps` (constant when None); the loss and
+    accuracy of `head` (a `heads.Head`: from_logits, binary cross-entropy...)."""
     # Cosine decay to 1% over the phase: a few CPU epochs get most of the accuracy.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps),
-                                                      alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    rate = learning_rate if total_steps is None else keras.optimizers.schedules.CosineDecay(
+        learning_rate, max(1, total_steps), alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=head.loss(),
+                  metrics=[head.metric()])
 
 
 def steps_per_epoch(ctx, batch_size):
@@ -95,12 +96,11 @@ def fit(model, ctx, epochs, batch_size, callbacks=()):
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
 
 
-def keras_accuracy(model, ctx):
-    """Top-1 accuracy of a Keras model on the test split."""
-    if not model._is_compiled:
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return float(model.evaluate(ctx.x_test, ctx.y_test, batch_size=256, verbose=0)[1])
+def keras_accuracy(model, ctx, head=None):
+    """Top-1 accuracy of a Keras model on the test split, by its head's rule (argmax, or
+    a threshold for one unit): never the model's own compiled metrics."""
+    head = head or ctx.head or heads.detect(model)
+    return head.accuracy(model.predict(ctx.x_test, batch_size=256, verbose=0), ctx.y_test)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -108,7 +108,7 @@ def keras_accuracy(model, ctx):
 def train_stage(model, settings, ctx):
     """Trains `model` (the teacher) on the training split."""
     compile_for_training(model, settings.learning_rate,
-                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size), ctx.head)
     info = fit(model, ctx, settings.epochs, settings.batch_size) if settings.epochs else {}
     return model, info
 
@@ -117,15 +117,21 @@ def distill_stage(teacher, settings, ctx):
     """Distills `teacher` into a fresh student from `ctx.student_builder`."""
     from tfcompress import distillation
     student = distribute.in_scope(ctx.student_builder(), ctx.strategy)
+    student_head = heads.detect(student, name=f"the student {student.name!r}")
+    heads.check_fits(student_head, ctx.head.num_classes, f"the student {student.name!r}",
+                     "the teacher's data")
     distiller = distillation.Distiller(
         teacher, student,
         distillation_losses=distillation.LogitsDistillation(temperature=settings.temperature),
         student_loss_weight=settings.alpha)
     compile_for_training(distiller, settings.learning_rate,
-                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size),
+                         student_head)
     info = fit(distiller, ctx, settings.epochs, settings.batch_size)
     info["teacher_parameters"] = int(teacher.count_params())
     info["student_parameters"] = int(distiller.student.count_params())
+    info["head"] = student_head.to_dict()
+    ctx.head = student_head  # the stage's output model is the student
     return distiller.student, info
 
 
@@ -140,7 +146,7 @@ def prune_stage(model, settings, ctx):
         skip_first_and_last=settings.skip_first_and_last, exclude=tuple(settings.exclude))
     pruned = pruning.prune(model, config, steps_per_epoch=steps, total_epochs=settings.epochs)
     trainee = with_teacher(pruned, settings, ctx)
-    compile_for_training(trainee, settings.learning_rate, settings.epochs * steps)
+    compile_for_training(trainee, settings.learning_rate, settings.epochs * steps, ctx.head)
     info = fit(trainee, ctx, settings.epochs, settings.batch_size,
                callbacks=pruning.pruning_callbacks())
     stripped = pruning.strip_pruning(pruned)
@@ -176,7 +182,7 @@ def channel_prune_stage(model, settings, ctx):
             student_loss_weight=settings.alpha)
     else:
         trainee = thin
-    compile_for_training(trainee, settings.learning_rate, steps)
+    compile_for_training(trainee, settings.learning_rate, steps, ctx.head)
     info = fit(trainee, ctx, settings.epochs, settings.batch_size)
     info.update(macs_before=plan.macs_before, macs_after=plan.macs_after,
                 parameters_before=plan.params_before)
@@ -199,7 +205,7 @@ def lowrank_stage(model, settings, ctx):
     ctx.log(f"  low-rank: parameters {details['params_before']:,} -> "
             f"{details['params_after']:,}")
     compile_for_training(factored, settings.learning_rate,
-                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size), ctx.head)
     info = fit(factored, ctx, settings.epochs, settings.batch_size) if settings.epochs else {}
     info["factored_layers"] = [row["layer"] for row in details["layers"] if row.get("factored")]
     return factored, info
@@ -210,11 +216,12 @@ def cluster_stage(model, settings, ctx):
     from tfcompress import clustering
     config = clustering.ClusteringConfig(number_of_clusters=settings.clusters,
                                          init=settings.init,
-                                         preserve_sparsity=settings.preserve_sparsity)
+                                         preserve_sparsity=settings.preserve_sparsity,
+                                         exclude=tuple(settings.exclude))
     clustered = clustering.cluster(model, config)
     trainee = with_teacher(clustered, settings, ctx)
     compile_for_training(trainee, settings.learning_rate,
-                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size), ctx.head)
     info = fit(trainee, ctx, settings.epochs, settings.batch_size)
     stripped = clustering.strip_clustering(clustered)
     info["max_unique_values"] = clustering.unique_values_report(stripped)["max_unique"]
@@ -236,10 +243,12 @@ def qat_stage(model, settings, ctx):
     from tfcompress import quantization
     scheme = qat_scheme(settings, ctx.earlier_stages)
     qat_model = quantization.quantize(
-        model, quantization.QATConfig(scheme=scheme, per_tensor=settings.per_tensor))
+        model, quantization.QATConfig(scheme=scheme, per_tensor=settings.per_tensor,
+                                      exclude_layers=tuple(settings.exclude_layers),
+                                      exclude_types=tuple(settings.exclude_types)))
     trainee = with_teacher(qat_model, settings, ctx)
     compile_for_training(trainee, settings.learning_rate,
-                         settings.epochs * steps_per_epoch(ctx, settings.batch_size))
+                         settings.epochs * steps_per_epoch(ctx, settings.batch_size), ctx.head)
     info = fit(trainee, ctx, settings.epochs, settings.batch_size)
     info["scheme"] = scheme
     return qat_model, info
@@ -262,6 +271,8 @@ def run_stage(kind, model, settings, ctx):
     batch_size = getattr(settings, "batch_size", None)
     with distribute.stage_scope(kind, ctx.strategy, batch_size, ctx.log):
         model = distribute.in_scope(model, ctx.strategy)
+        # The plain input model's head: wrapped (pruned, QAT) models hide its op.
+        ctx.head = ctx.head or heads.detect(model)
         model, info = STAGE_FUNCTIONS[kind](model, settings, ctx)
         info["keras_test_accuracy"] = keras_accuracy(model, ctx)
     info["parameters"] = int(model.count_params())

@@ -149,7 +149,7 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
             f"sparse=True is only for float32: a sparse {mode} model fails to prepare under "
             "XNNPACK, the default CPU delegate on phones; export it dense, or use float32 sparse")
     if isinstance(model_or_path, (str, os.PathLike)):
-        model = load_model(model_or_path)
+        model = load_model(model_or_path, compile=False)
     else:
         model = ensure_tf_keras_model(model_or_path)
     # The converter copies NaN/Inf weights into the file without a word.
@@ -251,7 +251,7 @@ def export(model_or_path, modes, out_dir, representative_data=None, batch_size=1
         raise ExportError(f"output folder {out_dir} is a file; give a folder (CLI: --out DIR)")
     if isinstance(model_or_path, (str, os.PathLike)):
         name = name or os.path.splitext(os.path.basename(os.path.normpath(model_or_path)))[0]
-        model = load_model(model_or_path)
+        model = load_model(model_or_path, compile=False)
     else:
         model = ensure_tf_keras_model(model_or_path)
         name = name or model.name

@@ -111,6 +111,7 @@ class TfliteRunner:
         if name is None:
             name = "<bytes>" if isinstance(model, (bytes, bytearray)) else os.fspath(model)
         self.file = name
+        self.data = data
         hint = ("; a sparse quantized model runs only with use_xnnpack=False"
                 if use_xnnpack else "")
         # A file that passes the check may still crash LiteRT, which would take this
@@ -377,6 +378,14 @@ def _class_ids(y, n, classes, file):
     return y
 
 
+def binary_head(model):
+    """The `tfcompress.heads.Head` of a one-output-unit `.tflite` (path or bytes): a
+    sigmoid (LOGISTIC op, class 1 when p > 0.5) or a logit (class 1 when z > 0)."""
+    from tfcompress.heads import Head
+    from tflite_export.inspect import output_activation
+    return Head("sigmoid" if output_activation(model) == "LOGISTIC" else "binary_logits", 1)
+
+
 def top_k_accuracy(scores, labels, k):
     """Fraction of rows whose label is among the k highest scores.
 
@@ -398,6 +407,8 @@ def evaluate_tflite(model, x, y, top_k=(1, 5), progress=True, max_samples=None,
             `input_is_quantized=True`.
         y: class ids (N,) or one-hot labels (N, classes).
         top_k: the k's to report; a k above the number of classes gives None.
+            A one-unit output is a binary classifier (`binary_head`): top1 is
+            thresholded, other k's are None.
         progress: a stderr line every 10% for N >= 1000.
         max_samples: evaluate only this many rows, the same rows that
             `tfcompress.data.subsample(x, y, max_samples, seed=0)` picks.
@@ -407,7 +418,7 @@ def evaluate_tflite(model, x, y, top_k=(1, 5), progress=True, max_samples=None,
     Returns:
         {"samples", "top1", "top5", "file", "input_dtype", "output_dtype",
         "seconds"} (one "topK" key per k; accuracies as fractions; "seconds" is
-        the inference wall time).
+        the inference wall time; "binary_threshold" for a one-unit output).
 
     Raises:
         EvaluationError: data or labels that do not fit the model.
@@ -427,11 +438,18 @@ def evaluate_tflite(model, x, y, top_k=(1, 5), progress=True, max_samples=None,
     if scores.ndim != 2:
         raise EvaluationError(f"{runner.file} outputs shape {scores.shape[1:]} per sample; "
                               "accuracy needs one score per class")
-    classes = scores.shape[1]
-    labels = _class_ids(y, len(scores), classes, runner.file)
     result = {"samples": len(scores)}
-    for k in top_k:
-        result[f"top{k}"] = top_k_accuracy(scores, labels, k) if k <= classes else None
+    if scores.shape[1] == 1:  # a binary classifier: class 1 above the threshold
+        head = binary_head(runner.data)
+        labels = _class_ids(y, len(scores), 2, runner.file)
+        for k in top_k:
+            result[f"top{k}"] = head.accuracy(scores, labels) if k == 1 else None
+        result["binary_threshold"] = head.threshold
+    else:
+        classes = scores.shape[1]
+        labels = _class_ids(y, len(scores), classes, runner.file)
+        for k in top_k:
+            result[f"top{k}"] = top_k_accuracy(scores, labels, k) if k <= classes else None
     result.update(file=runner.file, input_dtype=",".join(runner.input_dtypes),
                   output_dtype=",".join(runner.output_dtypes), seconds=seconds)
     return result
@@ -450,7 +468,8 @@ def compare_with_keras(tflite_model, keras_model, x, max_samples=None, progress=
         num_threads: interpreter threads when `tflite_model` is not a runner.
 
     Returns:
-        {"samples", "top1_agreement" (fraction of rows with the same argmax),
+        {"samples", "top1_agreement" (fraction of rows with the same argmax, or the
+        same side of a binary head's threshold),
         "max_abs_diff", "mean_abs_diff"} over all output values.
 
     Raises:
@@ -463,7 +482,7 @@ def compare_with_keras(tflite_model, keras_model, x, max_samples=None, progress=
     _single_output(runner, "compare_with_keras")
     if isinstance(keras_model, (str, os.PathLike)):
         from tfcompress.saving import load_model
-        keras_model = load_model(keras_model)
+        keras_model = load_model(keras_model, compile=False)
     # NaN outputs would compare as "disagrees everywhere": name the real problem.
     check_finite_weights(keras_model, "the Keras model to compare with")
     x, _ = _take(x, np.zeros(len(x[0] if isinstance(x, (list, tuple)) else x)), max_samples)
@@ -477,9 +496,14 @@ def compare_with_keras(tflite_model, keras_model, x, max_samples=None, progress=
     want = np.asarray(want, np.float32)
     diff = np.abs(got - want)
     flat_got, flat_want = got.reshape(len(got), -1), want.reshape(len(want), -1)
+    if flat_got.shape[1] == 1:  # binary: the same side of the threshold
+        head = binary_head(runner.data)
+        agreement = np.mean(head.classes(flat_got) == head.classes(flat_want))
+    else:
+        agreement = np.mean(np.argmax(flat_got, 1) == np.argmax(flat_want, 1))
     return {
         "samples": len(got),
-        "top1_agreement": float(np.mean(np.argmax(flat_got, 1) == np.argmax(flat_want, 1))),
+        "top1_agreement": float(agreement),
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
     }
@@ -608,7 +632,7 @@ def quantization_error_by_layer(model, representative_data, debug_data=None, max
         if os.fspath(model).endswith(".tflite"):
             raise EvaluationError(f"{os.fspath(model)}: per-layer quantization error needs the "
                                   "Keras model (the debugger re-converts it), not a .tflite")
-        model = load_model(model)
+        model = load_model(model, compile=False)
     model = ensure_tf_keras_model(model)
     if max_samples < 1:
         raise EvaluationError(f"max_samples must be >= 1, got {max_samples}")

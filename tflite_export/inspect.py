@@ -23,7 +23,7 @@ import textwrap
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tflite_export.tflite_file import parse_tflite, read_tflite
+from tflite_export.tflite_file import int_list, parse_tflite, read_tflite
 
 
 def _enum_names(enum_class):
@@ -339,6 +339,35 @@ def _is_full_integer(model, inputs, outputs):
     io_int8 = all(t["dtype"] in _INT8_DTYPES for t in inputs + outputs)
     no_float = all(_dtype(t) not in _FLOAT_DTYPES for sg in model.subgraphs for t in sg.tensors)
     return io_int8 and no_float
+
+
+# Ops that only move or re-type a tensor: the activation that decides an output's
+# meaning comes before them (int8 files end in LOGISTIC -> DEQUANTIZE).
+_PASS_THROUGH_OPS = {"DEQUANTIZE", "QUANTIZE", "RESHAPE", "CAST", "SQUEEZE"}
+
+
+def output_activation(model, output_index=0):
+    """The op that gives output `output_index` of the main subgraph its meaning
+    ("SOFTMAX", "LOGISTIC", "FULLY_CONNECTED"...), looking through dequantize,
+    quantize, reshape and cast ops; None for an output no op writes.
+
+    Example:
+        output_activation("wake_word_int8_full.tflite")   # "LOGISTIC": threshold at 0.5
+    """
+    _, _, parsed = _load(model)
+    subgraph = parsed.subgraphs[0]
+    writer = {int(t): op for op in subgraph.operators for t in int_list(op.outputs)}
+    tensor = int(int_list(subgraph.outputs)[output_index])
+    for _ in range(len(subgraph.operators)):
+        op = writer.get(tensor)
+        if op is None:
+            return None
+        name = _op_name(parsed, op)
+        inputs = int_list(op.inputs)
+        if name not in _PASS_THROUGH_OPS or not len(inputs):
+            return name
+        tensor = int(inputs[0])
+    return None
 
 
 def inspect_tflite(model):

@@ -121,7 +121,7 @@ _KNOWN_TYPES = {v for k, v in vars(schema.TensorType).items() if not k.startswit
 MAX_TENSOR_BYTES = 2 ** 31 - 1
 
 
-def _ints(values):
+def int_list(values):
     return [] if values is None else [int(v) for v in values]
 
 
@@ -137,13 +137,13 @@ def _structure_problem(model, file_bytes):
         count = len(tensors)
         for what, indices, optional in (("input", sg.inputs, False),
                                         ("output", sg.outputs, False)):
-            bad = [i for i in _ints(indices) if not (0 <= i < count or optional and i == -1)]
+            bad = [i for i in int_list(indices) if not (0 <= i < count or optional and i == -1)]
             if bad:
                 return f"subgraph {g} {what} names tensor {bad[0]} of {count}"
         # Tensors are written once (the graph is in SSA form): by the caller (subgraph
         # inputs), by the file (constants) or by one op. An op writing a second time
         # overflowed a tensor sized for another shape: SIGSEGV/SIGABRT in LiteRT.
-        written = set(_ints(sg.inputs)) | {i for i, t in enumerate(tensors)
+        written = set(int_list(sg.inputs)) | {i for i, t in enumerate(tensors)
                                            if _has_data(t, buffers) and not t.isVariable}
         for k, op in enumerate(sg.operators or []):
             if not 0 <= op.opcodeIndex < len(codes):
@@ -153,10 +153,10 @@ def _structure_problem(model, file_bytes):
             for what, indices, optional in (("input", op.inputs, True),
                                             ("output", op.outputs, False),
                                             ("intermediate", op.intermediates, True)):
-                bad = [i for i in _ints(indices) if not (0 <= i < count or optional and i == -1)]
+                bad = [i for i in int_list(indices) if not (0 <= i < count or optional and i == -1)]
                 if bad:
                     return f"subgraph {g} operator {k} {what} names tensor {bad[0]} of {count}"
-            for i in _ints(op.outputs):
+            for i in int_list(op.outputs):
                 if i in written:
                     return (f"subgraph {g} operator {k} writes tensor {i}, which is a "
                             "constant, a subgraph input or another op's output")
@@ -172,7 +172,7 @@ def _structure_problem(model, file_bytes):
         # The interpreter decodes these when it is built: UnicodeDecodeError otherwise.
         if not all(_is_utf8(n) for n in [sig.signatureKey] + [e.name for e in entries]):
             return "a signature name is not UTF-8"
-    for index in _ints(model.metadataBuffer) + [m.buffer for m in model.metadata or []]:
+    for index in int_list(model.metadataBuffer) + [m.buffer for m in model.metadata or []]:
         if not 0 <= index < max(len(buffers), 1):
             return f"metadata names buffer {index} of {len(buffers)}"
     return None
@@ -200,7 +200,7 @@ def _tensor_problem(tensor, buffers, file_bytes):
         return f"unknown type {tensor.type}"
     if not _is_utf8(tensor.name):
         return "its name is not UTF-8"
-    shape = _ints(tensor.shape)
+    shape = int_list(tensor.shape)
     if any(d < 0 for d in shape):
         return f"negative dimension in shape {shape}"
     elements = 1

@@ -158,7 +158,7 @@ def test_construction_refuses_models_and_settings_that_cannot_work():
         Distiller(teacher, student, FeatureDistillation("conv3", "conv9"))
     with pytest.raises(DistillationError, match="spatial size"):
         Distiller(teacher, student, FeatureDistillation("conv3", "conv2"))
-    with pytest.raises(DistillationError, match="ends in a sigmoid"):
+    with pytest.raises(DistillationError, match=r"10 sigmoid units \(multi-label\)"):
         Distiller(_mlp(head="sigmoid"), _mlp(8))
     two_outputs = keras.Model(teacher.input, [teacher.output, teacher.output])
     with pytest.raises(DistillationError, match="several outputs"):
@@ -203,7 +203,9 @@ def test_evaluate_logs_each_loss_from_the_pre_softmax_logits():
                                       verbose=0, return_dict=True)
         assert abs(weighted["distillation_loss"] - (sample_weight * distill).mean()) < 1e-5
         assert abs(weighted["student_loss"] - (sample_weight * hard).mean()) < 1e-5
-    np.testing.assert_array_equal(distiller.predict(x, verbose=0), student.predict(x, verbose=0))
+    # Two traced functions of the same graph: equal up to float rounding, not bit for bit.
+    np.testing.assert_allclose(distiller.predict(x, verbose=0), student.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_probabilities_without_a_softmax_op_fall_back_to_log_probabilities():
