@@ -661,26 +661,32 @@ def _check_models(teacher, student, losses):
                 f"{student.name!r} takes {shapes[1]}; both must read the same inputs")
     teacher_shape, teacher_kind = _probe(teacher, teacher_specs or student_specs, "teacher")
     student_shape, student_kind = _probe(student, student_specs or teacher_specs, "student")
-    if teacher_shape != student_shape:
+    # A one-unit binary head and a two-class softmax predict the same two classes: the
+    # logits losses read the one unit as the logits [0, z].
+    binary_pair = {teacher_shape, student_shape} == {(1,), (2,)} and all(
+        loss.uses_logits and not (loss.teacher_layer_name or loss.student_layer_name)
+        for loss in losses)
+    if teacher_shape != student_shape and not binary_pair:
         raise DistillationError(
             f"output shapes differ: teacher {teacher.name!r} gives {teacher_shape}, student "
             f"{student.name!r} gives {student_shape}; they must predict the same classes")
     if any(loss.uses_logits for loss in losses):
-        for role, model, kind in (("teacher", teacher, teacher_kind),
-                                  ("student", student, student_kind)):
-            if kind == "sigmoid" and teacher_shape != (1,):
+        for role, model, kind, shape in (("teacher", teacher, teacher_kind, teacher_shape),
+                                         ("student", student, student_kind, student_shape)):
+            if kind == "sigmoid" and shape != (1,):
                 raise DistillationError(
-                    f"the {role} {model.name!r} ends in {teacher_shape[-1]} sigmoid units "
+                    f"the {role} {model.name!r} ends in {shape[-1]} sigmoid units "
                     "(multi-label); LogitsDistillation compares softmax distributions, so it "
                     "needs a softmax, logits or one-sigmoid-unit output (use "
                     "FeatureDistillation for other outputs)")
 
-    def kind_of(kind):  # how _pre_softmax finds the logits
-        if teacher_shape == (1,):
+    def kind_of(kind, shape):  # how _pre_softmax finds the logits
+        if shape == (1,):
             return "sigmoid" if kind == "sigmoid" else "binary_logits"
         return kind if kind in ("softmax", "sigmoid") else "logits"
 
-    plan = {"teacher_kind": kind_of(teacher_kind), "student_kind": kind_of(student_kind),
+    plan = {"teacher_kind": kind_of(teacher_kind, teacher_shape),
+            "student_kind": kind_of(student_kind, student_shape),
             "teacher_layers": [], "student_layers": [], "loss_inputs": [], "projections": {}}
     for index, loss in enumerate(losses):
         t = _feature_index(teacher, loss.teacher_layer_name, "teacher", plan["teacher_layers"])

@@ -27,6 +27,12 @@ import numpy as np
 from tfcompress.errors import TfcompressError
 
 KINDS = ("softmax", "logits", "sigmoid", "binary_logits")
+_EPSILON = 1e-7  # Keras's backend.epsilon(): where its cross-entropies clip probabilities
+
+
+def _logit(p):
+    p = np.clip(p, _EPSILON, 1 - _EPSILON)
+    return np.log(p) - np.log1p(-p)
 
 
 class HeadError(TfcompressError, ValueError):
@@ -81,6 +87,22 @@ class Head:
         if self.binary:
             return (scores[:, 0] > self.threshold).astype(np.int64)
         return np.argmax(scores, axis=1)
+
+    def mean_loss(self, scores, labels):
+        """The mean of `loss()` over (N, units) scores, in numpy: usable where a Keras loss
+        is not (inside a tf.distribute scope). Probabilities are clipped as Keras does."""
+        scores = np.asarray(scores, np.float64).reshape(len(scores), -1)
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if self.binary:
+            z = scores[:, 0] if self.from_logits else _logit(scores[:, 0])
+            # log(1 + e^-|z|) + max(z, 0) - z*y: the stable form of binary cross-entropy.
+            return float(np.mean(np.logaddexp(0, -np.abs(z)) + np.maximum(z, 0) - z * labels))
+        if self.from_logits:
+            shifted = scores - scores.max(axis=1, keepdims=True)
+            log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        else:
+            log_p = np.log(np.clip(scores / scores.sum(axis=1, keepdims=True), _EPSILON, 1.0))
+        return float(-np.mean(log_p[np.arange(len(labels)), labels]))
 
     def accuracy(self, scores, labels):
         """Top-1 accuracy of `scores` against integer class ids `labels`."""
@@ -219,4 +241,5 @@ def check_above_chance(accuracy, num_classes, what, causes=""):
             f"{what} scores {100 * accuracy:.2f}% top-1, at chance for {num_classes} classes "
             f"(chance {100 / num_classes:.1f}%, the run needs >= {100 * floor:.1f}%), so no "
             f"compressed variant could be judged; nothing was compressed. Likely causes: "
-            f"{causes or 'the data scaling (data.scale), the label order, or a model trained on other data'}")
+            + (causes or "the data scaling (data.scale), the label order, or a model trained on "
+               "other data"))

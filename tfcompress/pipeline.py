@@ -33,6 +33,7 @@ from tfcompress import config as config_lib
 from tfcompress import data as data_lib
 from tfcompress import distribute, heads
 from tfcompress import stages as stages_lib
+from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError, stage_errors
 from tfcompress.keras import keras
 from tfcompress.saving import load_model, save_model, saved_compile, write_json_atomic
@@ -132,6 +133,7 @@ def _input_stage(recipe, ds, ctx, log, allow_unsafe):
     """00-input: the user's model, its head, and the sanity check before any work."""
     path = recipe.teacher.path
     model = _build(recipe.teacher, ds, "teacher", allow_unsafe)
+    check_finite_weights(model, f"the input model {path}")  # NaN would read as "at chance"
     compiled = saved_compile(path)
     if compiled:
         log(f"  {path} was saved compiled ({compiled}); tfcompress ignores the file's loss "

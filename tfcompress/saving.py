@@ -112,9 +112,10 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
 def _missing_class(reason):
     """Keras's words for a class it cannot find, turned into the fix, or None."""
     import re
-    found = re.search(r"Unknown (?:layer|object|activation|loss|metric)[^:]*: '?([\w>.]+)'?",
-                      reason) or re.search(r"[Cc]ould not (?:locate|deserialize) class '?([\w>.]+)'?",
-                                          reason) or re.search(r"layer=(\w+) of type str", reason)
+    patterns = (r"Unknown (?:layer|object|activation|loss|metric)[^:]*: '?([\w>.]+)'?",
+                r"[Cc]ould not (?:locate|deserialize) class '?([\w>.]+)'?",
+                r"layer=(\w+) of type str")
+    found = next((m for m in (re.search(p, reason) for p in patterns) if m), None)
     if not found:
         return None
     return (f"Keras does not know the class {found.group(1)!r}: it is custom code; import the "

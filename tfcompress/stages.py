@@ -42,7 +42,7 @@ class StageContext:
     earlier_stages: tuple = ()               # kinds of the stages already run (qat scheme "auto")
     callbacks: tuple = ()                    # extra Keras callbacks
     strategy: object = None                  # a tf.distribute.Strategy; None: one device
-    head: Optional[heads.Head] = None        # the input model's head; None: detected by run_stage
+    head: Optional[heads.Head] = None        # the input model's head (run_stage detects it)
 
 
 def _verbosity(ctx):
@@ -275,6 +275,7 @@ def run_stage(kind, model, settings, ctx):
         ctx.head = ctx.head or heads.detect(model)
         model, info = STAGE_FUNCTIONS[kind](model, settings, ctx)
         info["keras_test_accuracy"] = keras_accuracy(model, ctx)
+        info["head"] = ctx.head.to_dict()  # the output model's (distill: the student's)
     info["parameters"] = int(model.count_params())
     if distribute.strategy_name(ctx.strategy) != "default":
         info.update(strategy=distribute.strategy_name(ctx.strategy),

@@ -65,6 +65,16 @@ def test_overrides_set_nested_values(tmp_path):
     ({"teacher": {"model": "small_cnn"}, "stages": [{"prune": {}}]}, r"start stages with a train stage"),
     ({**TINY, "seed": -1}, r"seed must be an integer >= 0"),
     ({**TINY, "stages": [{"train": {}, "prune": {}}]}, r"must be one mapping"),
+    ({**TINY, "data": {"scale": "0-1"}}, r"data.scale: unknown '0-1'; valid: auto, unit, none"),
+    ({**TINY, "data": {"mean": ["a"]}}, r"data.mean must be a number or a list of numbers"),
+    ({**TINY, "data": {"std": [0.5, 0]}}, r"data.std must be > 0"),
+    ({**TINY, "stages": [{"train": {}}, {"qat": {"exclude_layers": "conv1"}}]},
+     r"exclude_layers: expected list, got 'conv1'"),
+    ({**TINY, "stages": [{"train": {}}, {"qat": {"exclude_types": [3]}}]},
+     r"qat.exclude_types must be a list of layer names"),
+    ({**TINY, "stages": [{"train": {}}, {"cluster": {"exclude": [None]}}]},
+     r"cluster.exclude must be a list of layer names"),
+    ({**TINY, "chance_check": "no"}, r"chance_check: expected bool"),
 ])
 def test_bad_recipes_name_the_key(values, message):
     with pytest.raises(RecipeError, match=message):

@@ -73,6 +73,33 @@ def _npz(path, **arrays):
     return f"npz:{path}"
 
 
+def test_scale_maps_stored_values_the_same_way_for_every_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    xt = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    spec = _npz(tmp_path / "d.npz", x=x, y=rng.integers(0, 3, 20), x_test=xt,
+                y_test=[0, 1, 2, 0, 1, 2])
+    auto = data.load_dataset(spec)
+    np.testing.assert_allclose(auto.x_test, xt / 255.0, rtol=1e-6)
+    assert auto.scale == "unit" and "uint8 values scaled unit" in auto.summary()
+    raw = data.load_dataset(spec, scale="none")  # a model with Rescaling(1/255) inside
+    np.testing.assert_array_equal(raw.x_train, x.astype(np.float32))
+    assert raw.value_range == (float(min(x.min(), xt.min())), float(max(x.max(), xt.max())))
+    sym = data.load_dataset(spec, scale="symmetric")
+    np.testing.assert_allclose(sym.x_train, x / 127.5 - 1, rtol=1e-6, atol=1e-6)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    norm = data.load_dataset(spec, scale="unit", mean=mean, std=std)
+    np.testing.assert_allclose(norm.x_test, (xt / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+    # Float data is kept as stored by "auto", divided by "unit".
+    floats = _npz(tmp_path / "f.npz", x=x.astype(np.float32), y=np.arange(20) % 3)
+    assert data.load_dataset(floats).value_range[1] > 200
+    assert data.load_dataset(floats, scale="unit").value_range[1] <= 1.0
+    with pytest.raises(data.DataError, match="data.mean has 2 values but the data has 3"):
+        data.load_dataset(spec, mean=[0.5, 0.5])
+    with pytest.raises(data.DataError, match="unknown data scale 'pixels'"):
+        data.load_dataset(spec, scale="pixels")
+
+
 def test_npz_with_test_split(tmp_path):
     rng = np.random.default_rng(0)
     spec = _npz(tmp_path / "d.npz", x=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),

@@ -99,3 +99,71 @@ def test_atomic_writes_leave_no_temps_and_the_usual_mode(tmp_path):
     assert target.read_bytes() == b"{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.xyz", "out.json"]
     assert (target.stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("name", ["m.keras", "m.h5", "saved"])
+def test_saved_compile_says_how_a_file_was_compiled(tmp_path, name):
+    from tfcompress.saving import save_model, saved_compile
+    model = _model()
+    save_model(model, tmp_path / ("plain_" + name))
+    assert saved_compile(tmp_path / ("plain_" + name)) is None
+    model.compile("adam", "categorical_crossentropy",
+                  [keras.metrics.TopKCategoricalAccuracy(5), "accuracy"])
+    save_model(model, tmp_path / name)
+    described = saved_compile(tmp_path / name)
+    assert "loss categorical_crossentropy" in described
+    assert "top_k_categorical_accuracy" in described and "accuracy" in described
+
+
+USER_LAYER = '''
+import tf_keras as keras
+
+
+@keras.saving.register_keras_serializable(package="Mine")
+class Doubler(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+
+
+class Halver(keras.layers.Layer):  # not registered: found through --custom_objects
+    def call(self, x):
+        return 0.5 * x
+'''
+
+
+def test_custom_objects_module_makes_its_layers_load_and_the_error_says_how(tmp_path,
+                                                                            monkeypatch):
+    from tfcompress.saving import import_custom_objects, save_model
+    module_file = tmp_path / "user_layers_t.py"
+    module_file.write_text(USER_LAYER)
+    found = import_custom_objects(str(module_file))
+    assert set(found) == {"Doubler", "Halver"}
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, found["Halver"]()(found["Doubler"]()(inputs)) + 1.0)
+    save_model(model, tmp_path / "custom.keras")
+    # A fresh process would not know the classes: forget them, as it would.
+    import sys
+    monkeypatch.delitem(sys.modules, "user_layers_t")
+    saved_custom = dict(keras.saving.get_custom_objects())
+    keras.saving.get_custom_objects().clear()
+    try:
+        from tf_keras.src.saving import object_registration
+        registered = object_registration._GLOBAL_CUSTOM_OBJECTS.pop("Mine>Doubler", None)
+        with pytest.raises(ModelLoadError, match=r"refers to user_layers_t\.(Doubler|Halver).*"
+                                                 r"--custom_objects user_layers_t"):
+            tfcompress.load_model(tmp_path / "custom.keras")
+        # Following the advice from the model's folder: the module by name.
+        monkeypatch.chdir(tmp_path)
+        import_custom_objects("user_layers_t")
+        loaded = tfcompress.load_model(tmp_path / "custom.keras")
+        x = np.ones((2, 3), np.float32)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), x + 1.0, rtol=1e-6)
+    finally:
+        keras.saving.get_custom_objects().clear()
+        keras.saving.get_custom_objects().update(saved_custom)
+        if registered is not None:
+            object_registration._GLOBAL_CUSTOM_OBJECTS["Mine>Doubler"] = registered
+    with pytest.raises(ModelLoadError, match="no module named 'no_such_module_x'"):
+        import_custom_objects("no_such_module_x")
+    with pytest.raises(ModelLoadError, match="no such file"):
+        import_custom_objects(str(tmp_path / "missing.py"))

@@ -334,3 +334,33 @@ def test_function_preserving_activation_outlier_is_flagged(trained, calib, data)
 def test_layer_errors_refuse_a_tflite_file(tmp_path, calib):
     with pytest.raises(EvaluationError, match="needs the Keras model"):
         quantization_error_by_layer(str(tmp_path / "m.tflite"), calib)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_binary_classifier_is_thresholded_in_every_mode(data, activation):
+    """A one-unit head: class 1 above 0.5 (sigmoid, LOGISTIC op) or above 0 (a logit),
+    through the interpreter as in Keras; int8 files end in LOGISTIC -> DEQUANTIZE too."""
+    from tfcompress import heads
+    from tflite_export.inspect import output_activation
+    keep = np.isin(data.y_train[:6000], [2, 8])   # pullover vs bag
+    x, y = data.x_train[:6000][keep], (data.y_train[:6000][keep] == 8).astype(np.int64)
+    keep_t = np.isin(data.y_test[:2000], [2, 8])
+    xt, yt = data.x_test[:2000][keep_t], (data.y_test[:2000][keep_t] == 8).astype(np.int64)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2),
+                              keras.layers.ReLU(), keras.layers.Flatten(),
+                              keras.layers.Dense(1, activation=activation)])
+    head = heads.detect(model)
+    model.compile(keras.optimizers.Adam(3e-3), head.loss())
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    want = head.accuracy(model.predict(xt, verbose=0), yt)
+    assert want > 0.9  # the threshold is tested on a model that learned something
+    for mode in ("float32", "int8_full"):
+        flatbuffer = convert(model, mode, representative_data=calibration_samples(x, 100))
+        assert output_activation(flatbuffer) == ("LOGISTIC" if activation else "FULLY_CONNECTED")
+        result = evaluate_tflite(flatbuffer, xt, yt, progress=False)
+        assert result["binary_threshold"] == head.threshold
+        assert result["top5"] is None
+        assert result["top1"] == pytest.approx(want, abs=0.005 if mode == "float32" else 0.02)
+        agreement = compare_with_keras(flatbuffer, model, xt)["top1_agreement"]
+        assert agreement > (0.999 if mode == "float32" else 0.97)
