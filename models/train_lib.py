@@ -179,8 +179,7 @@ def _test_accuracy(model, ds, head=None):
     """(loss, top-1) on the test split, by the head's rules; never the file's compile."""
     head = head or heads.detect(model)
     scores = model.predict(ds.x_test, batch_size=256, verbose=0)
-    loss = float(head.loss()(ds.y_test, scores))
-    return loss, head.accuracy(scores, ds.y_test)
+    return head.mean_loss(scores, ds.y_test), head.accuracy(scores, ds.y_test)
 
 
 def _fit(model, x, y, config, epochs, backup_dir, log_dir, callbacks):

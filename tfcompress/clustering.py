@@ -265,14 +265,16 @@ def _select(model, config):
             chosen = [layer for layer in chosen
                       if layer is not known[0] and layer is not known[-1]]
     chosen = [layer for layer in chosen if not any(_matches(p, layer) for p in config.exclude)]
-    for layer in chosen:
-        if weights[id(layer)] is None:
-            raise ClusteringError(
-                f"{_describe(layer)} has weights TFMOT does not know how to cluster: implement "
-                "tfmot.clustering.keras.ClusterableLayer (get_clusterable_weights() returning "
-                f"its kernels) in the layer, or leave it alone with exclude=[{layer.name!r}] "
-                f"(recipe: cluster: {{exclude: [{layer.name}]}}; tfcompress train: "
-                f"--cluster_exclude={layer.name})")
+    unknown = [layer for layer in chosen if weights[id(layer)] is None]
+    if unknown:  # every one at once: following the advice once is enough
+        names = [layer.name for layer in unknown]
+        raise ClusteringError(
+            f"{', '.join(_describe(layer) for layer in unknown)} "
+            f"{'has' if len(unknown) == 1 else 'have'} weights TFMOT does not know how to "
+            "cluster: implement tfmot.clustering.keras.ClusterableLayer "
+            "(get_clusterable_weights() returning its kernels) in the layer, or leave it alone "
+            f"with exclude={names!r} (recipe: cluster: {{exclude: [{', '.join(names)}]}}; "
+            f"tfcompress train: --cluster_exclude={','.join(names)})")
     check_used(config.per_layer, "per_layer", chosen,
                what="layer selected for clustering (see include, exclude, skip_first_and_last)")
 

@@ -34,8 +34,13 @@ def exception_line(e):
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if lines and lines[0].startswith("in user code:"):
         lines = [line for line in lines[1:] if not line.startswith("File ")][-1:] or lines
-    text = lines[0] if lines else ""
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+    text = lines[0][:300] if lines else ""
+    if not text:
+        return type(e).__name__
+    # TF's last line often names the type already ("ValueError: Shapes ... incompatible").
+    named = text.split(":", 1)[0]
+    return text if named.isidentifier() and named.endswith(("Error", "Exception")) else \
+        f"{type(e).__name__}: {text}"
 
 
 @contextlib.contextmanager

@@ -195,6 +195,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
     # `model` is the last stage's model, or a SavedStageModel for a finished stage:
     # loaded only when a later stage trains on it or its variants are rebuilt.
     model, rerun_rest, kinds_done = None, force, []
+    model_file = None  # the file of `model`: what an error inside the next stage names
     first = None  # the first stage's model: the teacher of stages with distill: true
     for n, (index, kind, name) in enumerate(steps, start=1):
         stage_dir = os.path.join(out_dir, name)   # the chief's: manifests, backup/
@@ -208,6 +209,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
         if reuse:
             log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
             model = SavedStageModel(stage_dir, kind, allow_unsafe)
+            model_file = model.path
         else:
             pending = _read_json(os.path.join(write_dir, "pending.json"))
             if rerun_rest or (pending or {}).get("hash") != stage_hash:
@@ -218,12 +220,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
             # No worker reads the backup before the chief has cleared leftovers.
             distribute.sync_from_chief(strategy)
             log(f"[{n}/{len(steps)}] {name}: running")
-            if isinstance(model, SavedStageModel):
-                source = model.path
-            elif model is None:
-                source = recipe.teacher.path or f"zoo model {recipe.teacher.model}"
-            else:
-                source = "the previous stage's model"
+            source = model_file or recipe.teacher.path or f"zoo model {recipe.teacher.model}"
             try:
                 with stage_errors(name, source):
                     model = model.load() if isinstance(model, SavedStageModel) else model
@@ -236,7 +233,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
                 raise
             # Every worker saves (reading mirrored BatchNorm statistics is a collective
             # under multi_worker); only the chief's copy is in out_dir.
-            save_model(model, os.path.join(write_dir, "model.keras"))
+            model_file = save_model(model, os.path.join(write_dir, "model.keras"))
             info["seconds"] = round(time.time() - t0, 2)
             write_json_atomic(os.path.join(write_dir, "metrics.json"), info)
             write_json_atomic(os.path.join(write_dir, "manifest.json"),

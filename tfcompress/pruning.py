@@ -309,13 +309,16 @@ def _describe(layer):
     return f"layer {layer.name!r} ({type(layer).__name__})"
 
 
-def _cannot_prune(layer):
+def _cannot_prune(layers):
+    """One error for every layer TFMOT cannot prune: following its advice once is enough."""
+    names = [layer.name for layer in layers]
     return PruningError(
-        f"{_describe(layer)} has weights TFMOT does not know how to prune: implement "
-        "tfmot.sparsity.keras.PrunableLayer (a get_prunable_weights() method returning its "
-        f"kernels) in the layer, or leave it dense with exclude=[{layer.name!r}] "
-        f"(recipe: prune: {{exclude: [{layer.name}]}}; tfcompress train: "
-        f"--prune_exclude={layer.name})")
+        f"{', '.join(_describe(layer) for layer in layers)} "
+        f"{'has' if len(layers) == 1 else 'have'} weights TFMOT does not know how to prune: "
+        "implement tfmot.sparsity.keras.PrunableLayer (a get_prunable_weights() method "
+        f"returning its kernels) in the layer, or leave it dense with exclude={names!r} "
+        f"(recipe: prune: {{exclude: [{', '.join(names)}]}}; tfcompress train: "
+        f"--prune_exclude={','.join(names)})")
 
 
 def _select(model, config):
@@ -356,9 +359,9 @@ def _select(model, config):
     chosen = [layer for layer in chosen if not any(_matches(p, layer) for p in config.exclude)]
     if config.policy is not None:
         chosen = [layer for layer in chosen if _policy(config).allow_pruning(layer)]
-    for layer in chosen:
-        if prunable[id(layer)] is None:
-            raise _cannot_prune(layer)
+    unknown = [layer for layer in chosen if prunable[id(layer)] is None]
+    if unknown:
+        raise _cannot_prune(unknown)
         _check_structure(layer, prunable[id(layer)], config)
     if not chosen:
         raise PruningError(f"no layer of {model.name!r} is selected for pruning; the model's "

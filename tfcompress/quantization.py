@@ -673,8 +673,9 @@ def _select(model, config, registry):
             f"model {model.name!r} has {len(problems)} layer(s) TFMOT cannot quantize: "
             + "; ".join(problems) + ". Either keep them in float with "
             f"QATConfig(exclude_layers=[{', '.join(bad)}]) (or exclude_types=[...]; in a "
-            f"recipe: qat: {{exclude_layers: [{', '.join(bad)}]}}, with tfcompress train: "
-            f"--qat_exclude_layers={','.join(bad)}), which "
+            f"recipe: qat: {{exclude_layers: [{', '.join(b.strip(chr(39)) for b in bad)}]}}, "
+            f"with tfcompress train: --qat_exclude_layers="
+            f"{','.join(b.strip(chr(39)) for b in bad)}), which "
             "converts in int8 mode but not int8_full, or give each a "
             "tfmot.quantization.keras.QuantizeConfig with QATConfig(quantize_configs="
             "{name or class: config}) or quantization.register_quantize_config(cls, config)")

@@ -216,7 +216,8 @@ def _check_full_integer(tflite_bytes, model):
         raise ExportError(
             f"int8_full conversion of QAT model {model.name} left {len(names)} float tensors "
             f"(e.g. {', '.join(names[:3])}): some layers were not quantized (kept in float, or "
-            "a BatchNormalization folded into per-tensor weights); convert it in int8 mode, or "
+            "a BatchNormalization folded into per-tensor weights); convert it in int8 mode "
+            "(recipe: the qat stage's export: [int8]; tfcompress export --mode int8), or "
             "quantize those layers too")
 
 
