@@ -362,6 +362,7 @@ def _select(model, config):
     unknown = [layer for layer in chosen if prunable[id(layer)] is None]
     if unknown:
         raise _cannot_prune(unknown)
+    for layer in chosen:
         _check_structure(layer, prunable[id(layer)], config)
     if not chosen:
         raise PruningError(f"no layer of {model.name!r} is selected for pruning; the model's "

@@ -114,7 +114,7 @@ def _missing_class(reason):
     import re
     patterns = (r"Unknown (?:layer|object|activation|loss|metric)[^:]*: '?([\w>.]+)'?",
                 r"[Cc]ould not (?:locate|deserialize) class '?([\w>.]+)'?",
-                r"layer=(\w+) of type str")
+                r"layer=(\w+) of type (?:<class ')?str")
     found = next((m for m in (re.search(p, reason) for p in patterns) if m), None)
     if not found:
         return None

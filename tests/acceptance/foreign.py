@@ -219,3 +219,43 @@ def build_all(out_dir):
         return None
     data_paths = write_data(os.path.join(out_dir, "data"))
     return data_paths, build_models(os.path.join(out_dir, "models"), data_paths)
+
+
+def main(argv):
+    """`python tests/acceptance/foreign.py OUT_DIR`: builds every case, runs
+    `tfcompress run --model` on each (float32, int8_full) and prints a markdown table."""
+    import json
+    from tfcompress import cli
+    out = argv[1] if len(argv) > 1 else "runs/foreign"
+    built = build_all(out)
+    if built is None:
+        print("Fashion-MNIST is not installed")
+        return 1
+    data_paths, models = built
+    extra = {"rescaling_uint8": ["--set", "data.scale=none"],
+             "custom_layer": ["--custom_objects", USER_LAYERS_PATH]}
+    rows = ["| case | head | format | Keras (numpy) | float32 | int8_full |",
+            "|---|---|---|---|---|---|"]
+    for name, case in models.items():
+        if name in ("two_outputs", "softmax_twin"):
+            continue
+        run_dir = os.path.join(out, "runs", name)
+        code = cli.main(["run", "--model", case["path"], "--data",
+                         f"npz:{data_paths[case['data']]}", "--out", run_dir, "--set",
+                         "benchmark.devices=[]", "--set", "export.modes=[float32, int8_full]",
+                         *extra.get(name, [])])
+        if code:
+            rows.append(f"| {name} | {case['head']} | {case['format']} | "
+                        f"{100 * case['accuracy']:.2f}% | failed | failed |")
+            continue
+        with open(os.path.join(run_dir, "report.json")) as f:
+            top1 = {v["mode"]: v["top1"] for v in json.load(f)["variants"]}
+        rows.append(f"| {name} | {case['head']} | {case['format']} | "
+                    f"{100 * case['accuracy']:.2f}% | {100 * top1['float32']:.2f}% | "
+                    f"{100 * top1['int8_full']:.2f}% |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -122,12 +122,39 @@ def test_custom_layer_error_names_the_flag_and_the_flag_works(built, tmp_path):
     assert refused.returncode == 1
     error_lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "--custom_objects user_layers" in error_lines[0]
+    # --allow_unsafe cannot help Keras find code it cannot import: it says what can.
+    unsafe = subprocess.run([sys.executable, "-m", "tfcompress.cli", "export", path,
+                             "--allow_unsafe", "--out", str(tmp_path / "u")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert unsafe.returncode == 1
+    assert "Keras does not know the class 'Swish'" in unsafe.stderr
+    assert "--custom_objects MODULE" in unsafe.stderr and "Traceback" not in unsafe.stderr
     # Following the advice from the folder that holds user_layers.py.
     done = subprocess.run([sys.executable, "-m", "tfcompress.cli", "export", path,
                            "--custom_objects", "user_layers", "--out", str(tmp_path / "b")],
                           cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "b" / "custom_layer_float32.tflite").exists()
+    # The same flag on sparsity and on the training binary (which also takes the prune
+    # error's advice as --prune_exclude).
+    sparsity = subprocess.run([sys.executable, "-m", "tfcompress.cli", "sparsity", path,
+                               "--custom_objects", foreign.USER_LAYERS_PATH, "--json"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert sparsity.returncode == 0, sparsity.stderr[-2000:]
+    assert json.loads(sparsity.stdout)["total"]["sparsity"] < 0.05  # a dense model
+    data_paths = built[0]
+    train = subprocess.run(
+        [sys.executable, "-m", "models.train", f"--init_model={path}", "--epochs=0",
+         f"--custom_objects={foreign.USER_LAYERS_PATH}", f"--dataset=npz:{data_paths['unit']}",
+         "--max_train_samples=1000", "--prune_sparsity=0.5", "--prune_epochs=1",
+         "--prune_skip_first_and_last=false", "--prune_exclude=swish,swish_1,scaled_dense",
+         f"--model_dir={tmp_path / 't'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    with open(tmp_path / "t" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["dense_test_accuracy"] == pytest.approx(
+        built[1]["custom_layer"]["accuracy"], abs=0.003)
 
 
 def _recipe(tmp_path, name, teacher, dataset, stages, **extra):
