@@ -41,9 +41,9 @@ test-all: data
 
 # Performance figures (not tests): pruning quality, size and training-step cost.
 bench: data
-	$(PY) -m models.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
-	$(PY) -m models.bench_tflite --out=runs/bench-tflite
-	$(PY) -m models.bench_channel_pruning --out=runs/bench-channel-pruning
+	$(PY) -m benchmarks.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
+	$(PY) -m benchmarks.bench_tflite --out=runs/bench-tflite
+	$(PY) -m benchmarks.bench_channel_pruning --out=runs/bench-channel-pruning
 
 clean:
 	rm -rf runs build *.egg-info

@@ -217,7 +217,8 @@ def check_fits(head, num_classes, what, data_name="the data"):
         raise HeadError(f"{what} is a binary classifier ({head.describe()}) but {data_name} has "
                         f"{num_classes} classes; a one-unit head needs labels 0 and 1")
     raise HeadError(f"{what} has {head.units} outputs ({head.describe()}) but {data_name} has "
-                    f"{num_classes} classes")
+                    f"{num_classes} classes; give the data set the model was trained on "
+                    "(data.dataset, --data)")
 
 
 def chance_floor(num_classes):

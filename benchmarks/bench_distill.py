@@ -21,7 +21,7 @@ less exposed to other processes, times interleaved windows of a few steps
 of each workload and reports minima and medians per step.
 
 Example:
-    python -m models.bench_distill --out=runs/bench-distill --epochs=5 --seeds=0,1
+    python -m benchmarks.bench_distill --out=runs/bench-distill --epochs=5 --seeds=0,1
 """
 
 import os
@@ -168,7 +168,7 @@ def _step_times(alone, distiller, teacher, x, y):
     are timed in windows of --timing_steps steps: a student training step, a
     teacher inference step, a Distiller training step. The windows
     alternate, the order reversed every round so that each workload takes
-    each place equally often (as models/bench_pruning.py does); the minimum
+    each place equally often (as benchmarks/bench_pruning.py does); the minimum
     is the window least disturbed by the machine.
     """
     from tfcompress.keras import tf
@@ -306,7 +306,7 @@ def run():
         "runs": runs,
         "mean_gain_points": float(np.mean([r["gain_points"] for r in runs])),
         "median_cost_ratio": float(np.median([r["cost_ratio"] for r in runs])),
-        "command": " ".join(["python -m models.bench_distill"] + sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.bench_distill"] + sys.argv[1:]),
         "wall_time_s": round(time.time() - start, 1),
     }
     os.makedirs(FLAGS.out, exist_ok=True)

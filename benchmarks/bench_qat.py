@@ -8,7 +8,7 @@ and the accuracy of the full-integer TFLite model after QAT fine-tuning
 OUT/bench_qat.json, OUT/bench_qat.md and the two .tflite files.
 
 Example:
-    python -m models.bench_qat --baseline=runs/demo-baseline/model.keras \
+    python -m benchmarks.bench_qat --baseline=runs/demo-baseline/model.keras \
         --out=runs/bench-qat
 """
 

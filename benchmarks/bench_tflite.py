@@ -19,7 +19,7 @@ Writes OUT/bench_tflite.json (summary), OUT/repeat_N.json (full results),
 OUT/bench_tflite.md and OUT/latency_vs_size.png.
 
 Example:
-    python -m models.bench_tflite --out=runs/bench-tflite
+    python -m benchmarks.bench_tflite --out=runs/bench-tflite
 """
 
 import os

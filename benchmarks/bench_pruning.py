@@ -6,7 +6,7 @@ the pruned (wrapped) model against the plain model (median of several timed
 windows). Writes OUT/bench_pruning.json.
 
 Example:
-    python -m models.bench_pruning --baseline=runs/demo-baseline/model.keras \
+    python -m benchmarks.bench_pruning --baseline=runs/demo-baseline/model.keras \
         --out=runs/bench-pruning
 """
 

@@ -14,8 +14,8 @@ falls on all of them alike; each model's median (and minimum) over all its
 invokes is reported.
 
 Example:
-    python -m models.bench_channel_pruning --out=runs/bench-channel-pruning
-    python -m models.bench_channel_pruning --baseline=runs/demo-baseline/model.keras \
+    python -m benchmarks.bench_channel_pruning --out=runs/bench-channel-pruning
+    python -m benchmarks.bench_channel_pruning --baseline=runs/demo-baseline/model.keras \
         --criteria=taylor --fine_tune_epochs=3
 """
 
