@@ -57,8 +57,15 @@ it in float; `int8_full` refuses the model, naming the float tensors.
 `quantize` warns about such pairs. A BatchNormalization anywhere else is a
 layer TFMOT cannot quantize (see below).
 
+Rescaling (the `Rescaling(1/255)` users put inside a model that takes uint8
+pixels) has no QuantizeConfig in TFMOT 0.8.1; it is an affine map of its input
+with no weights, so it gets TFMOT's own output-only 8-bit config (its output is
+fake-quantized, as after any activation) unless you give it another: measured on
+the acceptance suite's Rescaling model, QAT then converts to int8_full (full
+integer) at 81.2% against 81.4% float.
+
 Unsupported layers (TFMOT 0.8.1 has no QuantizeConfig for, e.g., Conv1D,
-LayerNormalization, Rescaling, Lambda, TF op layers from expressions like
+LayerNormalization, Lambda, TF op layers from expressions like
 `x + 3.0`, nested models): `quantize` lists every one by name and type, with
 the two ways out: keep them in float (`exclude_layers` / `exclude_types`), or
 give them a `QuantizeConfig` (`quantize_configs=` or
@@ -106,8 +113,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cl
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve \
     import prune_preserve_quantize_registry  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa
-    default_8bit_quantize_layout_transform, default_8bit_quantize_registry,
-    default_8bit_quantize_scheme, default_8bit_transforms)
+    default_8bit_quantize_configs, default_8bit_quantize_layout_transform,
+    default_8bit_quantize_registry, default_8bit_quantize_scheme, default_8bit_transforms)
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations \
     import model_transformer  # noqa: E402
 
@@ -131,6 +138,10 @@ class QuantizationError(TfcompressError, ValueError):
 
 # Layer class -> QuantizeConfig, filled only by explicit register_quantize_config calls.
 _REGISTERED = {}
+# Layers TFMOT 0.8.1 leaves out that are affine maps without weights: their output is
+# quantized like an activation's (see the module docstring). Registered configs win.
+_BUILT_IN = {
+    keras.layers.Rescaling: default_8bit_quantize_configs.Default8BitOutputQuantizeConfig}
 
 
 def _check_quantize_config(quantize_config, what):
@@ -561,7 +572,10 @@ def _custom_config(layer, config):
     by_name = config.quantize_configs.get(layer.name)
     if by_name is not None:
         return by_name
-    return config.quantize_configs.get(type(layer)) or _REGISTERED.get(type(layer))
+    config_for_class = config.quantize_configs.get(type(layer)) or _REGISTERED.get(type(layer))
+    if config_for_class is None and type(layer) in _BUILT_IN:
+        return _BUILT_IN[type(layer)]()
+    return config_for_class
 
 
 def _inbound_layer(layer):

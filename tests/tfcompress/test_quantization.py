@@ -195,7 +195,7 @@ def test_per_tensor_conv_batchnorm_stays_float_and_int8_full_says_so():
 def _unsupported_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 3))
-    x = L.Rescaling(1 / 255, name="scale")(inputs)
+    x = L.Normalization(mean=0.5, variance=0.25, name="scale")(inputs)
     x = L.Conv1D(4, 3, name="conv1d")(x)
     x = L.LayerNormalization(name="norm")(x)
     x = L.Lambda(lambda t: t * 2.0, name="double")(x)
@@ -210,7 +210,7 @@ def test_unsupported_layers_are_all_named_with_the_ways_out():
         quantization.quantize(model)
     message = str(info.value)
     assert isinstance(info.value, ValueError) and isinstance(info.value, TfcompressError)
-    for name, kind in [("scale", "Rescaling"), ("conv1d", "Conv1D"),
+    for name, kind in [("scale", "Normalization"), ("conv1d", "Conv1D"),
                        ("norm", "LayerNormalization"), ("double", "Lambda")]:
         assert f"'{name}' ({kind})" in message
     assert re.search(r"'tf\.__operators__\.add(_\d+)?' \(TFOpLambda\)", message)
@@ -219,6 +219,23 @@ def test_unsupported_layers_are_all_named_with_the_ways_out():
                      r"'tf\.__operators__\.add(_\d+)?'\]", message)
     assert "quantize_configs" in message and "register_quantize_config" in message
     assert "is not supported. You can quantize" not in message  # TFMOT's own text
+
+
+def test_rescaling_inside_quantizes_its_output_and_converts_full_integer():
+    """TFMOT has no config for Rescaling; its output is quantized like an activation's."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = L.Rescaling(1 / 255, name="pixels")(inputs)
+    x = L.Conv2D(4, 3, activation="relu", name="c1")(x)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="d")(L.Flatten()(x)))
+    qat = quantization.quantize(model)
+    assert "quant_pixels" in [layer.name for layer in qat.layers]
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)).astype(np.float32)
+    flatbuffer = convert(qat, "int8_full")
+    from tflite_export.inspect import inspect_tflite
+    assert inspect_tflite(flatbuffer)["is_full_integer"]
+    agreement = compare_with_keras(flatbuffer, qat, x)
+    assert agreement["max_abs_diff"] < 0.05  # probabilities, int8 steps of 1/256
 
 
 def test_excluded_layers_stay_float_and_convert_in_int8_mode():
