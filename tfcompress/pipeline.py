@@ -104,7 +104,6 @@ def _build(spec, ds, what, allow_unsafe=False):
     if spec.path:
         if not os.path.exists(spec.path):
             raise PipelineError(f"{what}.path {spec.path}: no such file or directory")
-        # compile=False: the file's loss and metrics are never used to measure.
         model = load_model(spec.path, allow_unsafe=allow_unsafe, compile=False)
     else:
         model = models.get_model(spec.model, ds.input_shape, ds.num_classes, **spec.options)
@@ -132,13 +131,14 @@ def _chance_causes(model, ds):
 def _input_stage(recipe, ds, ctx, log, allow_unsafe):
     """00-input: the user's model, its head, and the sanity check before any work."""
     path = recipe.teacher.path
-    model = _build(recipe.teacher, ds, "teacher", allow_unsafe)
+    # compile=False: the file's loss and metrics are never used to measure.
+    model = load_model(path, allow_unsafe=allow_unsafe, compile=False)
+    head = _check_model_fits(model, ds, f"teacher {path}")
     check_finite_weights(model, f"the input model {path}")  # NaN would read as "at chance"
     compiled = saved_compile(path)
     if compiled:
         log(f"  {path} was saved compiled ({compiled}); tfcompress ignores the file's loss "
             "and metrics and measures top-1 from the model's outputs")
-    head = heads.detect(model)
     accuracy = stages_lib.keras_accuracy(model, ctx, head)
     log(f"  head: {head.describe()}; float top-1 on the test split {100 * accuracy:.2f}% "
         f"({ds.summary()})")
