@@ -1,2 +1,23 @@
 """Performance figures, not tests: `make bench` and `python -m benchmarks.bench_NAME` from the
 repository root. Not installed with the package; each script says what it measures and how."""
+
+
+def absl_main(run):
+    """An absl `main` for a benchmark whose `run()` returns its report: a user error is one
+    `error:` line and exit 1 (tfcompress.errors.run_cli), success exits 0.
+
+    Example:
+        main = absl_main(run)
+        if __name__ == "__main__":
+            app.run(main)
+    """
+    def run_and_exit_zero():
+        run()
+        return 0
+
+    def main(argv):
+        del argv
+        from tfcompress.errors import run_cli
+        # app.run passes main's return value to sys.exit, so it must be an exit code.
+        return run_cli(run_and_exit_zero)
+    return main

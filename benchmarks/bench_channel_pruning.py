@@ -25,6 +25,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import absl_main
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", None, "A trained model to start from; by default a zoo model "
                     "is trained for --epochs.")
@@ -176,16 +178,7 @@ def _keras_accuracy(model, ds):
     return float(np.mean(predictions.argmax(-1) == ds.y_test))
 
 
-def _run_and_exit_zero():
-    run()
-    return 0
-
-
-def main(argv):
-    del argv
-    from tfcompress.errors import run_cli
-    # app.run passes main's return value to sys.exit, so it must be an exit code.
-    return run_cli(_run_and_exit_zero)
+main = absl_main(run)
 
 
 if __name__ == "__main__":

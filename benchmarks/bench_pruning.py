@@ -18,6 +18,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import absl_main
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "runs/demo-baseline/model.keras",
                     "Trained dense model; trained with the demo settings when missing.")
@@ -119,16 +121,7 @@ def run():
     return report
 
 
-def _run_and_exit_zero():
-    run()
-    return 0
-
-
-def main(argv):
-    del argv
-    from tfcompress.errors import run_cli
-    # app.run passes main's return value to sys.exit, so it must be an exit code.
-    return run_cli(_run_and_exit_zero)
+main = absl_main(run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks import absl_main
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "runs/demo-baseline/model.keras",
                     "Trained float model; trained with the demo settings when missing.")
@@ -150,16 +152,7 @@ def run():
     return report
 
 
-def _run_and_exit_zero():
-    run()
-    return 0
-
-
-def main(argv):
-    del argv
-    from tfcompress.errors import run_cli
-    # app.run passes main's return value to sys.exit, so it must be an exit code.
-    return run_cli(_run_and_exit_zero)
+main = absl_main(run)
 
 
 if __name__ == "__main__":
