@@ -130,8 +130,7 @@ def distill_stage(teacher, settings, ctx):
     info = fit(distiller, ctx, settings.epochs, settings.batch_size)
     info["teacher_parameters"] = int(teacher.count_params())
     info["student_parameters"] = int(distiller.student.count_params())
-    info["head"] = student_head.to_dict()
-    ctx.head = student_head  # the stage's output model is the student
+    ctx.head = student_head  # the stage's output model is the student (run_stage records it)
     return distiller.student, info
 
 
