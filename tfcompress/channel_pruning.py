@@ -59,7 +59,7 @@ import numpy as np
 
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
-from tfcompress.layer_patterns import check_patterns, matches
+from tfcompress.layer_selection import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
 __all__ = ["ChannelPruningError", "ChannelPruningConfig", "ChannelPlan", "ChannelMask",

@@ -33,7 +33,7 @@ import numpy as np
 from tfcompress.channel_pruning import clone_layer, graph_nodes, rebuild_model
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
-from tfcompress.layer_patterns import check_patterns, matches
+from tfcompress.layer_selection import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras
 
 __all__ = ["LowRankError", "LowRankConfig", "factorize", "format_info", "choose_rank"]

@@ -38,7 +38,7 @@ References:
 import numpy as np
 
 from tfcompress.errors import TfcompressError
-from tfcompress.layer_patterns import check_patterns, matches
+from tfcompress.layer_selection import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
 __all__ = ["RegularizerError", "GroupLasso", "TARGETS", "add_sparsity_penalty",
