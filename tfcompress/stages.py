@@ -24,6 +24,7 @@ import numpy as np
 
 from tfcompress import distribute, heads
 from tfcompress.keras import keras
+from tfcompress.training import compile_for_training  # noqa: F401  (stages' public name)
 
 
 @dataclasses.dataclass
@@ -49,16 +50,6 @@ def _verbosity(ctx):
     if ctx.verbose is not None:
         return ctx.verbose
     return 1 if sys.stdout.isatty() else 2
-
-
-def compile_for_training(model, learning_rate, total_steps, head):
-    """Adam with cosine decay over `total_steps` (constant when None); the loss and
-    accuracy of `head` (a `heads.Head`: from_logits, binary cross-entropy...)."""
-    # Cosine decay to 1% over the phase: a few CPU epochs get most of the accuracy.
-    rate = learning_rate if total_steps is None else keras.optimizers.schedules.CosineDecay(
-        learning_rate, max(1, total_steps), alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=head.loss(),
-                  metrics=[head.metric()])
 
 
 def steps_per_epoch(ctx, batch_size):
