@@ -263,7 +263,7 @@ def _distill_phase(student, ds, x, y, config, callbacks):
         print(f"distilling {teacher.name} ({teacher.count_params():,} parameters) into "
               f"{student.name}: T={config.distill_temperature}, student loss weight "
               f"{config.distill_alpha}", flush=True)
-    return stages.distill_stage(teacher, settings, ctx)
+    return settings.run(teacher, ctx)
 
 
 def _late_phase(phase, model, ds, x, y, config, callbacks):
@@ -296,7 +296,7 @@ def _late_phase(phase, model, ds, x, y, config, callbacks):
         print(f"{phase}: {settings.epochs} epoch(s)", flush=True)
     ctx.head = heads.detect(model)  # the plain model's: QAT/pruning wrappers hide its op
     with stage_errors(phase, config.init_model or f"zoo model {config.model}"):
-        return stages.STAGE_FUNCTIONS[phase](model, settings, ctx)
+        return settings.run(model, ctx)
 
 
 def train(config, callbacks=(), dataset=None):

@@ -30,18 +30,18 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import typing
 from typing import Optional
 
-from tfcompress.errors import TfcompressError
+from tfcompress import stages as stages_lib
+from tfcompress.stages import number_in
+from tfcompress.errors import RecipeError, TfcompressError
+# Each stage kind's settings class (the registry: tfcompress.stages).
+from tfcompress.stages import (ChannelPruneStage, ClusterStage, DistillStage,  # noqa: F401
+                               LowRankStage, PruneStage, QATStage, TrainStage)
 
 RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
-
-
-class RecipeError(TfcompressError, ValueError):
-    """A recipe key or value is wrong; the message names it and the valid choices."""
 
 
 # ----------------------------------------------------------------------------- sections
@@ -121,117 +121,9 @@ class ModelSpec:
 
 
 @dataclasses.dataclass
-class TrainStage:
-    """Trains the teacher (a zoo model from scratch, or fine-tunes `teacher.path`)."""
-    epochs: int = 5
-    learning_rate: float = 2e-3
-    batch_size: int = 128
-
-
-@dataclasses.dataclass
-class DistillStage:
-    """Distills the current model (teacher) into `student` (Hinton et al. 2015).
-
-    alpha is the weight of the student's hard-label loss; 1 - alpha goes to
-    the soft-target loss at `temperature`.
-    """
-    epochs: int = 5
-    temperature: float = 4.0
-    alpha: float = 0.5
-    learning_rate: float = 2e-3
-    batch_size: int = 128
-
-
-@dataclasses.dataclass
-class PruneStage:
-    """Magnitude pruning to `sparsity` on a polynomial or constant schedule."""
-    sparsity: float = 0.8
-    epochs: int = 3
-    schedule: str = "polynomial"
-    structure: Optional[str] = None     # "2:4", "4x1" block, ...
-    skip_first_and_last: bool = False
-    exclude: list = dataclasses.field(default_factory=list)  # layer names, regexes, class names
-    learning_rate: float = 2e-3
-    batch_size: int = 128
-    distill: bool = False          # train against the teacher's soft targets too
-    temperature: float = 4.0
-    alpha: float = 0.5
-
-
-@dataclasses.dataclass
-class ClusterStage:
-    """Weight clustering (sparsity-preserving when the model was pruned)."""
-    clusters: int = 16
-    epochs: int = 1
-    init: str = "kmeans++"
-    preserve_sparsity: bool = True
-    exclude: list = dataclasses.field(default_factory=list)  # layer names, regexes, class names
-    learning_rate: float = 1e-4
-    batch_size: int = 128
-    distill: bool = False          # train against the teacher's soft targets too
-    temperature: float = 4.0
-    alpha: float = 0.5
-
-
-@dataclasses.dataclass
-class QATStage:
-    """Quantization-aware training; scheme "auto" preserves what earlier stages made."""
-    epochs: int = 1
-    scheme: str = "auto"
-    per_tensor: bool = False
-    exclude_layers: list = dataclasses.field(default_factory=list)  # names or regexes: float
-    exclude_types: list = dataclasses.field(default_factory=list)   # class names: float
-    learning_rate: float = 1e-4
-    batch_size: int = 128
-    distill: bool = False          # train against the teacher's soft targets too
-    temperature: float = 4.0
-    alpha: float = 0.5
-
-
-@dataclasses.dataclass
-class ChannelPruneStage:
-    """Removes whole channels (a thinner, faster model), then fine-tunes.
-
-    ratio: fraction of channels removed (or target_macs: MACs to keep, a count
-    or a fraction); distill: fine-tune by distilling from the unpruned model.
-    """
-    ratio: Optional[float] = 0.5
-    criterion: str = "l1"
-    round_to: int = 1
-    target_macs: Optional[float] = None
-    skip_first_and_last: bool = False
-    epochs: int = 3
-    distill: bool = False
-    temperature: float = 4.0
-    alpha: float = 0.5
-    learning_rate: float = 2e-3
-    batch_size: int = 128
-
-
-@dataclasses.dataclass
-class LowRankStage:
-    """SVD factorization of Dense and 1x1 Conv2D layers, then fine-tuning (epochs may be 0)."""
-    energy: float = 0.9
-    rank_ratio: Optional[float] = None
-    min_params_saving: float = 0.1
-    epochs: int = 1
-    learning_rate: float = 1e-3
-    batch_size: int = 128
-
-
-STAGES = {"train": TrainStage, "distill": DistillStage, "prune": PruneStage,
-          "channel_prune": ChannelPruneStage, "lowrank": LowRankStage,
-          "cluster": ClusterStage, "qat": QATStage}
-CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
-# tfcompress.clustering.INITS (not imported: that would import TensorFlow).
-CLUSTER_INITS = ("kmeans++", "linear", "density", "random")
-QAT_SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
-               "prune_cluster_preserving")
-
-
-@dataclasses.dataclass
 class Stage:
-    """One step of the pipeline: its kind (a key of STAGES) and its settings."""
+    """One step of the pipeline: its kind (a registered stage, `stages.kinds()`) and its
+    settings (that kind's settings class)."""
     kind: str
     settings: object
     export: Optional[list] = None  # this stage's export modes; None: the recipe's
@@ -288,20 +180,19 @@ class Recipe:
         relevant = {k: d[k] for k in ("seed", "data", "teacher")}
         relevant["stages"] = d["stages"][:index + 1]
         # The student matters from the distill stage on, not to the teacher's training.
-        if any(s.kind == "distill" for s in self.stages[:index + 1]):
+        if any(s.settings.NEEDS_STUDENT for s in self.stages[:index + 1]):
             relevant["student"] = d["student"]
         relevant["data"] = {k: v for k, v in relevant["data"].items()
                             if k not in ("calibration_samples", "eval_samples")}
         return digest(relevant)
 
     def stage_modes(self, index):
-        """Export modes of stage `index`; a QAT model only goes to the int8 modes."""
+        """Export modes of stage `index`: its own `export:`, else the recipe's modes the
+        stage takes (a QAT model only goes to the int8 modes)."""
         stage = self.stages[index]
         if stage.export is not None:
             return list(stage.export)
-        if stage.kind == "qat":
-            return [m for m in self.export.modes if m in ("int8", "int8_full")] or ["int8_full"]
-        return list(self.export.modes)
+        return stage.settings.export_modes(self.export.modes)
 
 
 def digest(obj):
@@ -363,73 +254,9 @@ def _type_name(hint):
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def _number_in(value, lo, hi, where, lo_open=False, hi_open=False):
-    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise RecipeError(f"{where} must be in {interval}, got {value}")
-
-
-def _validate_stage(kind, s, where):
-    for key in ("epochs", "batch_size"):
-        if hasattr(s, key):
-            minimum = 0 if kind in ("train", "lowrank") and key == "epochs" else 1
-            value = getattr(s, key)
-            if value < minimum:
-                raise RecipeError(f"{where}.{key} must be >= {minimum}, got {value}")
-    if hasattr(s, "learning_rate"):
-        _number_in(s.learning_rate, 0, 10, where + ".learning_rate", lo_open=True)
-    if hasattr(s, "temperature"):
-        _number_in(s.temperature, 0, 1000, where + ".temperature", lo_open=True)
-        _number_in(s.alpha, 0, 1, where + ".alpha")
-    for key in ("exclude", "exclude_layers", "exclude_types"):
-        if not all(isinstance(p, str) for p in getattr(s, key, [])):
-            raise RecipeError(f"{where}.{key} must be a list of layer names, regular "
-                              f"expressions or class names, got {getattr(s, key)!r}")
-    if kind == "prune":
-        _number_in(s.sparsity, 0, 1, where + ".sparsity", lo_open=True, hi_open=True)
-        # The same forms tfcompress.pruning accepts, checked before any stage trains.
-        if s.structure is not None and not re.fullmatch(r"\s*\d+\s*[:xX]\s*\d+\s*",
-                                                        s.structure):
-            raise RecipeError(f"{where}.structure: {s.structure!r} is not 'M:N' (e.g. '2:4') "
-                              "or a block 'HxW' (e.g. '1x4'); null for unstructured")
-        if s.schedule not in ("polynomial", "constant"):
-            raise RecipeError(f"{where}.schedule: unknown {s.schedule!r}; valid: polynomial, "
-                              f"constant")
-    if kind == "cluster":
-        # One cluster holds the zeros when sparsity is preserved (tfcompress.clustering).
-        minimum = 3 if s.preserve_sparsity else 2
-        if s.clusters < minimum:
-            raise RecipeError(f"{where}.clusters must be >= {minimum}"
-                              f"{' with preserve_sparsity' if s.preserve_sparsity else ''}, "
-                              f"got {s.clusters}")
-        if s.init not in CLUSTER_INITS:
-            raise RecipeError(f"{where}.init: unknown {s.init!r}; valid: "
-                              f"{', '.join(CLUSTER_INITS)}")
-    if kind == "channel_prune":
-        if (s.ratio is None) == (s.target_macs is None):
-            raise RecipeError(f"{where}: give ratio (fraction of channels removed) or "
-                              f"target_macs, not both (set the other to null)")
-        if s.ratio is not None:
-            _number_in(s.ratio, 0, 1, where + ".ratio", hi_open=True)
-        if s.target_macs is not None and not s.target_macs > 0:
-            raise RecipeError(f"{where}.target_macs must be > 0 (a count, or a fraction < 1)")
-        if s.criterion not in CHANNEL_CRITERIA:
-            raise RecipeError(f"{where}.criterion: unknown {s.criterion!r}; valid: "
-                              f"{', '.join(CHANNEL_CRITERIA)}")
-        if s.round_to < 1:
-            raise RecipeError(f"{where}.round_to must be >= 1, got {s.round_to}")
-    if kind == "lowrank":
-        _number_in(s.energy, 0, 1, where + ".energy", lo_open=True)
-        if s.rank_ratio is not None:
-            _number_in(s.rank_ratio, 0, 1, where + ".rank_ratio", lo_open=True)
-    if kind == "qat" and s.scheme not in QAT_SCHEMES:
-        raise RecipeError(f"{where}.scheme: unknown {s.scheme!r}; valid: {', '.join(QAT_SCHEMES)}")
-
-
 def _validate_benchmark(bench):
     """Checked up front: otherwise a bad device fails only after every stage has trained."""
-    _number_in(bench.min_seconds, 0, float("inf"), "benchmark.min_seconds", hi_open=True)
+    number_in(bench.min_seconds, 0, float("inf"), "benchmark.min_seconds", hi_open=True)
     if bench.warmup < 0:
         raise RecipeError(f"benchmark.warmup must be >= 0, got {bench.warmup}")
     if not bench.devices:
@@ -449,14 +276,16 @@ def _parse_stage(item, index):
     where = f"stages[{index}]"
     if not isinstance(item, dict) or len(item) != 1:
         raise RecipeError(f"{where} must be one mapping like {{prune: {{sparsity: 0.8}}}}; "
-                          f"valid stages: {', '.join(STAGES)}")
+                          f"valid stages: {', '.join(stages_lib.kinds())}")
     (kind, values), = item.items()
-    if kind not in STAGES:
-        raise RecipeError(f"{where}: unknown stage {kind!r}; valid stages: {', '.join(STAGES)}")
+    try:
+        cls = stages_lib.get(kind)
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
     values = dict(values or {})
     export = values.pop("export", None)
-    settings = _from_dict(STAGES[kind], values, f"{where}.{kind}")
-    _validate_stage(kind, settings, f"{where}.{kind}")
+    settings = _from_dict(cls, values, f"{where}.{kind}")
+    settings.validate(f"{where}.{kind}")
     if export is not None:
         _validate_modes(export, f"{where}.{kind}.export")
     return Stage(kind, settings, export)
@@ -525,18 +354,27 @@ def validate(recipe):
     if recipe.teacher.model and kinds[:1] != ["train"]:
         raise RecipeError(f"teacher.model {recipe.teacher.model!r} is a zoo model with random "
                           "weights: start stages with a train stage, or give teacher.path")
-    if "train" in kinds[1:]:
-        raise RecipeError("stages: a train stage may only come first (it trains the teacher)")
-    if "distill" in kinds and not recipe.student.given:
-        raise RecipeError("a distill stage needs a student: set student.model (a zoo name) "
-                          "or student.path")
-    if kinds.count("distill") > 1:
-        raise RecipeError("stages: at most one distill stage")
-    for i, kind in enumerate(kinds):
-        if kind == "qat" and i != len(kinds) - 1:
-            raise RecipeError(f"stages[{i}]: qat must be the last stage (its model is "
-                              f"fake-quantized; later stages cannot take it)")
+    _validate_order(recipe)
     return recipe
+
+
+def _validate_order(recipe):
+    """Where each stage may stand: its class's POSITION, UNIQUE and NEEDS_STUDENT."""
+    kinds = [s.kind for s in recipe.stages]
+    classes = [type(s.settings) for s in recipe.stages]
+    for i, (kind, cls) in enumerate(zip(kinds, classes)):
+        if cls.POSITION == "first" and i > 0:
+            raise RecipeError(f"stages: a {kind} stage may only come first ({cls.POSITION_WHY})")
+    for kind, cls in zip(kinds, classes):
+        if cls.NEEDS_STUDENT and not recipe.student.given:
+            raise RecipeError(f"a {kind} stage needs a student: set student.model (a zoo name) "
+                              "or student.path")
+    for kind, cls in zip(kinds, classes):
+        if cls.UNIQUE and kinds.count(kind) > 1:
+            raise RecipeError(f"stages: at most one {kind} stage")
+    for i, (kind, cls) in enumerate(zip(kinds, classes)):
+        if cls.POSITION == "last" and i != len(kinds) - 1:
+            raise RecipeError(f"stages[{i}]: {kind} must be the last stage ({cls.POSITION_WHY})")
 
 
 # ----------------------------------------------------------------------------- loading

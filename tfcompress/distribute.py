@@ -11,7 +11,8 @@ a recipe):
     multi_worker      `MultiWorkerMirroredStrategy`, the cluster described by
                       the `TF_CONFIG` environment variable (on one machine:
                       `python -m tfcompress.launch --num_workers=2 -- CMD`)
-    parameter_server  refused for every stage, with the reason (see SUPPORT)
+    parameter_server  refused for every stage, with the reason (each stage's
+                      REFUSED, built by `parameter_server_refusal`)
 
 Batch sizes in recipes and flags are GLOBAL: the batch of one optimizer step,
 split evenly over the replicas (`per_replica_batch_size`), so a run has the
@@ -47,13 +48,12 @@ import threading
 
 from tfcompress.errors import TfcompressError
 
-__all__ = ["DistributeError", "STRATEGIES", "STAGE_KINDS", "SUPPORT", "support_matrix",
+__all__ = ["DistributeError", "STRATEGIES", "parameter_server_refusal", "support_matrix",
            "check_supported", "parse_tf_config", "is_chief", "task_label", "make_strategy",
            "strategy_name", "num_replicas", "per_replica_batch_size", "describe", "in_scope",
            "write_dir", "sync_from_chief", "outside_strategy", "stage_scope"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
-STAGE_KINDS = ("train", "distill", "prune", "channel_prune", "lowrank", "cluster", "qat")
 CPU_DEVICES_ENV = "TFCOMPRESS_CPU_DEVICES"
 
 
@@ -74,30 +74,38 @@ _PS_INPUT = (
 _PS_ALTERNATIVE = ("use strategy 'multi_worker' (synchronous MultiWorkerMirroredStrategy: the "
                    "same TF_CONFIG with only 'worker' tasks, or a 'chief' and 'worker' tasks) "
                    "across machines, or 'mirrored' on one machine")
-_PS_PRUNE = (
+PS_PRUNE = (
     "TFMOT 0.8.1's pruning wrapper updates its step counter and masks with unsynchronized "
     "read-modify-write ops: under ParameterServerStrategy (2 workers, 24 steps) updates were "
     "lost, the layers' step counters ended at 15-21, so the schedule lags the optimizer, and "
     "one run ended at 0% sparsity instead of 50%, silently; also, ")
-_PS_TFMOT = (
+PS_TFMOT = (
     "TFMOT's {what} variables are updated by each worker without coordination (not verified "
     "under asynchronous training); also, ")
 
-# (stage, strategy) -> None where it works, else (why not, what to use instead).
-SUPPORT = {(stage, strategy): None for stage in STAGE_KINDS for strategy in STRATEGIES}
-for _stage in STAGE_KINDS:
-    _why = {"prune": _PS_PRUNE,
-            "cluster": _PS_TFMOT.format(what="clustering (centroids, indices)"),
-            "qat": _PS_TFMOT.format(what="quantizer range")}.get(_stage, "")
-    SUPPORT[(_stage, "parameter_server")] = (_why + _PS_INPUT, _PS_ALTERNATIVE)
-del _stage, _why
+def parameter_server_refusal(why=""):
+    """(why not, what to use instead) of a stage under parameter_server: `why` (PS_PRUNE,
+    PS_TFMOT...) before the reason every stage shares. Stages put it in their REFUSED."""
+    return (why + _PS_INPUT, _PS_ALTERNATIVE)
+
+
+def _refusal(stage, strategy):
+    """None where stage `stage` runs under `strategy`, else (why not, instead): the
+    stage's registered REFUSED (tfcompress.stages)."""
+    from tfcompress import stages
+    try:
+        return stages.get(stage).REFUSED.get(strategy)
+    except stages.RecipeError:
+        raise DistributeError(f"unknown stage {stage!r}; valid: "
+                              f"{', '.join(stages.kinds())}") from None
 
 
 def support_matrix():
     """{stage: {strategy: "works" | "fails with message"}}, as in the README's table."""
-    return {stage: {strategy: "works" if SUPPORT[(stage, strategy)] is None
+    from tfcompress import stages
+    return {stage: {strategy: "works" if _refusal(stage, strategy) is None
                     else "fails with message" for strategy in STRATEGIES}
-            for stage in STAGE_KINDS}
+            for stage in stages.kinds()}
 
 
 def _check_name(strategy):
@@ -115,9 +123,7 @@ def check_supported(stage, strategy):
         # DistributeError: stage 'prune' cannot run under strategy 'parameter_server': ...
     """
     _check_name(strategy)
-    if stage not in STAGE_KINDS:
-        raise DistributeError(f"unknown stage {stage!r}; valid: {', '.join(STAGE_KINDS)}")
-    problem = SUPPORT[(stage, strategy)]
+    problem = _refusal(stage, strategy)
     if problem is not None:
         why, alternative = problem
         raise DistributeError(f"stage {stage!r} cannot run under strategy {strategy!r}: {why}. "

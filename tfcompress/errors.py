@@ -24,6 +24,10 @@ class NonFiniteWeightsError(TfcompressError, ValueError):
     """A model holds NaN or Inf weights; the message names the layer and weight."""
 
 
+class RecipeError(TfcompressError, ValueError):
+    """A recipe key or value is wrong; the message names it and the valid choices."""
+
+
 class StageError(TfcompressError, RuntimeError):
     """Keras or TensorFlow failed inside a stage; the message names the stage and model."""
 

@@ -5,11 +5,10 @@ Example:
     compile_for_training(model, 2e-3, 3 * 469, heads.detect(model))
 """
 
-from tfcompress.keras import keras
-
 
 def cosine_adam(learning_rate, total_steps=None):
     """Adam whose rate decays to 1% of `learning_rate` over `total_steps` (constant when None)."""
+    from tfcompress.keras import keras  # here: importing tfcompress.stages stays TF-free
     # Cosine decay to 1% over the phase: a few CPU epochs get most of the accuracy.
     rate = learning_rate if total_steps is None else keras.optimizers.schedules.CosineDecay(
         learning_rate, max(1, total_steps), alpha=0.01)

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfcompress import distribute
+from tfcompress import distribute, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_strategy_script.py")
@@ -95,11 +95,11 @@ def _names(run):
 
 @pytest.fixture(scope="module")
 def every_stage():
-    return _run(*distribute.STAGE_KINDS)
+    return _run(*stages.kinds())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [k for k in distribute.STAGE_KINDS if k != "qat"])
+@pytest.mark.parametrize("kind", [k for k in stages.kinds() if k != "qat"])
 def test_every_stage_under_mirrored_matches_one_device(every_stage, kind):
     one, two = every_stage["default"][kind], every_stage["mirrored"][kind]
     assert two["info"]["replicas"] == 2
