@@ -42,6 +42,8 @@ _TFMOT_MODULES = {
     "default_8bit_quantize_configs": "quantization.keras.default_8bit.default_8bit_quantize_configs",
     "default_8bit_quantize_registry":
         "quantization.keras.default_8bit.default_8bit_quantize_registry",
+    # The public tfmot...default_8bit_transforms lacks the Dense + BatchNorm transforms.
+    "default_8bit_transforms": "quantization.keras.default_8bit.default_8bit_transforms",
 }
 
 
@@ -159,3 +161,47 @@ def initial_epoch_from_backup(model, steps_per_epoch):
 def quantizer_weight_vars(layer):
     """[(weight, quantizer, quantizer variables)] of a TFMOT QuantizeWrapper; [] otherwise."""
     return list(getattr(layer, "_weight_vars", []))
+
+
+def inbound_nodes(layer):
+    """The nodes that call `layer`, one per call (what TFMOT's layout transforms read)."""
+    return _attribute(layer, "_inbound_nodes")
+
+
+def own_trainable_weights(layer):
+    """The list behind `layer.trainable_weights`, without its sublayers' ones."""
+    return _attribute(layer, "_trainable_weights")
+
+
+def set_own_trainable_weights(layer, variables):
+    """Replaces the list `own_trainable_weights(layer)` returns."""
+    _attribute(layer, "_trainable_weights")  # a version without it fails here, clearly
+    layer._trainable_weights = variables
+
+
+def _tfmot_attribute(obj, name):
+    try:
+        return getattr(obj, name)
+    except AttributeError as e:
+        owner = getattr(obj, "__name__", type(obj).__name__)
+        raise _missing(f"{owner}.{name}", "tensorflow-model-optimization", e) from None
+
+
+def quantizable_activation_names():
+    """Names of the activations TFMOT's QAT quantizes inside a layer (QuantizeAwareActivation)."""
+    cls = __getattr__("quantize_aware_activation").QuantizeAwareActivation
+    return frozenset().union(*(_tfmot_attribute(cls, name) for name in (
+        "_PRE_QUANT_ACTIVATIONS", "_POST_QUANT_ACTIVATIONS", "_NO_QUANTIZE_ACTIVATIONS")))
+
+
+def preserving_weight_quantizers(registry):
+    """{QuantizeConfig class name: weight quantizer} of a TFMOT prune/cluster-preserving
+    QAT registry; each registry makes quantizers of its own."""
+    return _tfmot_attribute(registry, "_config_quantizer_map")
+
+
+def preserved_weight_attrs(registry):
+    """{layer class: weight attribute names} whose weights a TFMOT prune/cluster-preserving
+    QAT registry preserves."""
+    return {cls: config.weight_attrs
+            for cls, config in _tfmot_attribute(registry, "_LAYERS_CONFIG_MAP").items()}
