@@ -54,23 +54,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tfcompress import quantization
+from tfcompress._compat import (cluster_wrapper, clustering_registry, experimental_cluster,
+                                pruning_wrapper, safe_mode_scope)
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
+from tfcompress.layer_selection import describe, is_graph_model, matches, unmatched, walk
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfcompress.keras)
-# Private in tf_keras 2.21 (pinned), as in tfcompress.saving.
-from tf_keras.src.saving.serialization_lib import SafeModeScope  # noqa: E402
-from tensorflow_model_optimization.python.core.clustering.keras import (  # noqa: E402
-    cluster_config, cluster_wrapper, clusterable_layer, clustering_registry)
-from tensorflow_model_optimization.python.core.clustering.keras.experimental import (  # noqa: E402
-    cluster as experimental_cluster)
-from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
-    pruning_wrapper)
 
 __all__ = ["ClusteringError", "ClusteringConfig", "INITS", "cluster", "strip_clustering",
            "is_clustered_model", "unique_values_report", "format_unique_values_report"]
 
-_Init = cluster_config.CentroidInitialization
+_Init = tfmot.clustering.keras.CentroidInitialization
 INITS = {"kmeans++": _Init.KMEANS_PLUS_PLUS, "linear": _Init.LINEAR,
          "density": _Init.DENSITY_BASED, "random": _Init.RANDOM}
 
@@ -180,23 +175,9 @@ class ClusteringConfig:
 # --------------------------------------------------------------------------- layers
 
 
-def _is_graph_model(layer):
-    return isinstance(layer, keras.Model) and (
-        layer._is_graph_network or isinstance(layer, keras.Sequential))
-
-
-def _layers(model):
-    """All layers of `model` in order, looking inside nested functional models."""
-    for layer in model.layers:
-        if _is_graph_model(layer):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
 def _clusterable_weights(layer):
     """[(name, variable)] TFMOT clusters in `layer`; [] for none; None if TFMOT does not know it."""
-    if isinstance(layer, clusterable_layer.ClusterableLayer):
+    if isinstance(layer, tfmot.clustering.keras.ClusterableLayer):
         return list(layer.get_clusterable_weights())
     if not clustering_registry.ClusteringRegistry.supports(layer):
         return None
@@ -204,17 +185,6 @@ def _clusterable_weights(layer):
     # copy (same variables) keeps reading a model free of side effects.
     return list(clustering_registry.ClusteringRegistry.make_clusterable(copy.copy(layer))
                 .get_clusterable_weights())
-
-
-def _matches(pattern, layer):
-    if isinstance(pattern, type):
-        return isinstance(layer, pattern)
-    return (pattern == layer.name or re.fullmatch(pattern, layer.name) is not None
-            or pattern == type(layer).__name__)
-
-
-def _describe(layer):
-    return f"layer {layer.name!r} ({type(layer).__name__})"
 
 
 def _per_channel(layer, config):
@@ -235,7 +205,7 @@ def _too_small(layer, weights, clusters, config):
 
 def _select(model, config):
     """The layers to wrap, each with its number of clusters: [(layer, clusters)]."""
-    layers = list(_layers(model))
+    layers = list(walk(model))
     names = ", ".join(layer.name for layer in layers)
     weights = {id(layer): _clusterable_weights(layer) for layer in layers}
 
@@ -246,16 +216,17 @@ def _select(model, config):
         return bool(found) or (found is None and bool(layer.trainable_weights))
 
     def check_used(patterns, field, among, what="layer"):
-        for pattern in patterns:
-            if not any(_matches(pattern, layer) for layer in among):
-                raise ClusteringError(f"{field} entry {getattr(pattern, '__name__', pattern)!r} "
-                                      f"matches no {what}; the model's layers are: {names}")
+        missing = unmatched(patterns, among)
+        if missing:
+            pattern = getattr(missing[0], "__name__", missing[0])
+            raise ClusteringError(f"{field} entry {pattern!r} matches no {what}; the model's "
+                                  f"layers are: {names}")
 
     check_used(config.exclude, "exclude", layers)
     chosen = [layer for layer in layers if wanted(layer)]
     if config.include:
         check_used(config.include, "include", layers)
-        chosen = [layer for layer in chosen if any(_matches(p, layer) for p in config.include)]
+        chosen = [layer for layer in chosen if any(matches(p, layer) for p in config.include)]
         check_used(config.include, "include", chosen,
                    what="layer with weights TFMOT clusters (Conv, Dense, Embedding, RNN, "
                         "attention kernels; not DepthwiseConv2D or BatchNorm)")
@@ -264,12 +235,12 @@ def _select(model, config):
         if known:
             chosen = [layer for layer in chosen
                       if layer is not known[0] and layer is not known[-1]]
-    chosen = [layer for layer in chosen if not any(_matches(p, layer) for p in config.exclude)]
+    chosen = [layer for layer in chosen if not any(matches(p, layer) for p in config.exclude)]
     unknown = [layer for layer in chosen if weights[id(layer)] is None]
     if unknown:  # every one at once: following the advice once is enough
         names = [layer.name for layer in unknown]
         raise ClusteringError(
-            f"{', '.join(_describe(layer) for layer in unknown)} "
+            f"{', '.join(describe(layer) for layer in unknown)} "
             f"{'has' if len(unknown) == 1 else 'have'} weights TFMOT does not know how to "
             "cluster: implement tfmot.clustering.keras.ClusterableLayer "
             "(get_clusterable_weights() returning its kernels) in the layer, or leave it alone "
@@ -279,7 +250,7 @@ def _select(model, config):
                what="layer selected for clustering (see include, exclude, skip_first_and_last)")
 
     def clusters(layer):
-        hits = [n for p, n in config.per_layer.items() if _matches(p, layer)]
+        hits = [n for p, n in config.per_layer.items() if matches(p, layer)]
         return hits[0] if hits else config.number_of_clusters
 
     plan = [(layer, clusters(layer)) for layer in chosen]
@@ -304,7 +275,7 @@ def _select(model, config):
 
 def is_clustered_model(model):
     """True when `model` holds TFMOT clustering wrappers (not stripped yet)."""
-    return any(isinstance(layer, cluster_wrapper.ClusterWeights) for layer in _layers(model))
+    return any(isinstance(layer, cluster_wrapper.ClusterWeights) for layer in walk(model))
 
 
 # ----------------------------------------------------------------------- public API
@@ -342,14 +313,14 @@ def cluster(model, config=None):
         config = ClusteringConfig()
     elif isinstance(config, dict):
         config = ClusteringConfig(**config)
-    if not _is_graph_model(model):
+    if not is_graph_model(model):
         raise ClusteringError(
             f"{type(model).__name__} is a subclassed model: TFMOT can only wrap the layers of a "
             "Sequential or functional model; build it functionally")
     if not model.built:
         raise ClusteringError(f"model {model.name!r} is not built; give it an Input (or call "
                               "model.build(input_shape)) before clustering")
-    for layer in _layers(model):
+    for layer in walk(model):
         if isinstance(layer, cluster_wrapper.ClusterWeights):
             raise ClusteringError(f"model {model.name!r} is already clustered; "
                                   "strip_clustering it first")
@@ -364,7 +335,7 @@ def cluster(model, config=None):
     try:
         # Copying rebuilds layers from their configs; a Lambda layer of this
         # in-memory model is the caller's own code, so safe mode is off for it.
-        with SafeModeScope(False):
+        with safe_mode_scope(False):
             clone = keras.models.clone_model(model)
     except NotImplementedError as e:  # a custom layer without get_config
         raise ClusteringError(f"cannot copy model {model.name!r} to cluster it: {e}; give "
@@ -373,7 +344,7 @@ def cluster(model, config=None):
     plan = {id(layer): clusters for layer, clusters in _select(clone, config)}
 
     def wrap(layer):
-        if _is_graph_model(layer):
+        if is_graph_model(layer):
             return keras.models.clone_model(layer, clone_function=wrap)
         clusters = plan.get(id(layer))
         if clusters is None:
@@ -404,7 +375,7 @@ def strip_clustering(model):
     """
     model = ensure_tf_keras_model(model)
     stripped = tfmot.clustering.keras.strip_clustering(model)
-    with SafeModeScope(False):  # the caller's own Lambda layers, as in cluster
+    with safe_mode_scope(False):  # the caller's own Lambda layers, as in cluster
         plain = keras.models.clone_model(stripped)
     plain.set_weights(stripped.get_weights())
     return plain
@@ -462,7 +433,7 @@ def unique_values_report(model):
         else:
             source = "keras"
             rows = [_row(layer.name, type(layer).__name__, name, variable.numpy())
-                    for layer in _layers(model) for name, variable in
+                    for layer in walk(model) for name, variable in
                     (_clusterable_weights(layer) or [])]
     return {"source": source, "kernels": rows,
             "max_unique": max((row["unique"] for row in rows), default=0)}

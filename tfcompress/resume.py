@@ -20,6 +20,7 @@ import shutil
 
 import numpy as np
 
+from tfcompress._compat import initial_epoch_from_backup
 from tfcompress.keras import keras
 
 
@@ -78,8 +79,7 @@ class _StartAtResumedEpoch(keras.callbacks.Callback):
         self.batches = batches
 
     def on_train_begin(self, logs=None):
-        epoch, _ = self.model._maybe_load_initial_counters_from_ckpt(len(self.batches), 0)
-        self.batches.epoch = int(epoch)
+        self.batches.epoch = int(initial_epoch_from_backup(self.model, len(self.batches)))
 
 
 def resumable_fit(model, x, y, batch_size, epochs, backup_dir, seed=0, callbacks=(),

@@ -32,11 +32,9 @@ import shutil
 import tempfile
 import zipfile
 
+from tfcompress._compat import flatten_layers, revived_layer_class, safe_mode_scope
 from tfcompress.errors import ModelLoadError
 from tfcompress.keras import keras, ensure_tf_keras_model
-
-# Private in tf_keras 2.21 (pinned); the public API has no scope for legacy loads.
-from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 _FORMATS = ".keras file, .h5 file or SavedModel directory"
 _ALLOW_HINT = ("refused by default; pass allow_unsafe=True (CLI: --allow_unsafe) only if you "
@@ -83,7 +81,8 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
         if reason:
             raise ModelLoadError(f"{path}: cannot load model: {reason}; {_ALLOW_HINT}")
     try:
-        with SafeModeScope(not allow_unsafe):
+        # tf_keras's scope (private; the public API has none for legacy loads).
+        with safe_mode_scope(not allow_unsafe):
             model = keras.models.load_model(
                 path, custom_objects=custom_objects, compile=compile,
                 safe_mode=not allow_unsafe)
@@ -376,9 +375,8 @@ def _safe_reference(module, item, custom_objects):
 
 def _revived_layers(model):
     """Names of the layers Keras revived from the file's TF graph, not from a config."""
-    from tf_keras.src.saving.legacy.saved_model.load import RevivedLayer
-    return [layer.name for layer in model._flatten_layers(include_self=True, recursive=True)
-            if isinstance(layer, RevivedLayer)]
+    revived = revived_layer_class()
+    return [layer.name for layer in flatten_layers(model) if isinstance(layer, revived)]
 
 
 def save_model(model, path):

@@ -29,9 +29,8 @@ import math
 import numbers
 
 from tfcompress.keras import tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TFMOT imports TF)
+from tfcompress.registry import Registry
 import tensorflow_model_optimization as tfmot  # noqa: E402
-from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
-    pruning_schedule as _tfmot_schedule)
 
 __all__ = ["Schedule", "ConstantSparsity", "PolynomialDecay", "constant_sparsity",
            "polynomial_decay", "get", "serialize"]
@@ -324,26 +323,20 @@ constant_sparsity = ConstantSparsity
 polynomial_decay = PolynomialDecay
 
 # An explicit table (not a registry filled by import side effects).
-_BY_NAME = {
-    "constant": ConstantSparsity,
-    "constant_sparsity": ConstantSparsity,
-    "ConstantSparsity": ConstantSparsity,
-    "polynomial": PolynomialDecay,
-    "polynomial_decay": PolynomialDecay,
-    "PolynomialDecay": PolynomialDecay,
-}
-
-
-def _lookup(name):
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown pruning schedule {name!r}; choose one of "
-                         "'constant', 'polynomial' (or their class names)")
-    return _BY_NAME[name]
+_REGISTRY = Registry(
+    "pruning schedule",
+    {"constant": ConstantSparsity, "constant_sparsity": ConstantSparsity,
+     "ConstantSparsity": ConstantSparsity,
+     "polynomial": PolynomialDecay, "polynomial_decay": PolynomialDecay,
+     "PolynomialDecay": PolynomialDecay},
+    base=Schedule, error=ValueError, dict_name="schedule",
+    choices="choose one of 'constant', 'polynomial'",
+    accepts="a name ('constant', 'polynomial'), a config dict, a schedule object or None")
 
 
 def serialize(schedule):
     """`{"class_name": ..., "config": ...}`, the Keras form `get` reads back."""
-    return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
+    return _REGISTRY.serialize(schedule)
 
 
 def get(identifier):
@@ -367,19 +360,6 @@ def get(identifier):
     Raises:
         ValueError: for anything else, or an unknown name.
     """
-    if identifier is None or isinstance(identifier, Schedule):
-        return identifier
-    if isinstance(identifier, _tfmot_schedule.PruningSchedule):
+    if isinstance(identifier, tfmot.sparsity.keras.PruningSchedule):
         identifier = identifier.get_config()
-    if isinstance(identifier, str):
-        return _lookup(identifier)()
-    if isinstance(identifier, dict):
-        if "class_name" in identifier:
-            return _lookup(identifier["class_name"]).from_config(identifier.get("config", {}))
-        if "name" in identifier:
-            config = {k: v for k, v in identifier.items() if k != "name"}
-            return _lookup(identifier["name"]).from_config(config)
-        raise ValueError(f"a schedule dict needs a 'class_name' (with 'config') or a 'name' "
-                         f"key, got keys {sorted(identifier)}")
-    raise ValueError(f"cannot interpret {identifier!r} as a pruning schedule; pass a name "
-                     "('constant', 'polynomial'), a config dict, a schedule object or None")
+    return _REGISTRY.get(identifier)

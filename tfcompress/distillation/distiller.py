@@ -1,72 +1,27 @@
-"""Knowledge distillation for tf_keras models: a `Distiller` that trains with plain `fit`.
+"""The `Distiller`: a tf_keras `Model` that trains a student on a teacher with plain `fit`.
 
-TFMOT has no distillation, and Keras 3's `keras.distillation.Distiller` does
-not run on tf_keras. This is the same API on tf_keras: a `keras.Model` whose
-`call` runs the student and whose `compute_loss` adds the teacher's signal,
-so `fit`, `evaluate`, `predict`, callbacks (BackupAndRestore, TensorBoard,
-the pruning callbacks), `tf.data` inputs, sample weights and
-`tf.distribute.MirroredStrategy` work as for any Keras model.
+The loss and the logits of softmax models are described in
+`tfcompress.distillation`'s docstring; the losses themselves are in
+`tfcompress.distillation.losses`. This module checks the teacher/student
+pair, plans which tensors each loss compares (model outputs, or intermediate
+layers through one feature-extractor model per side, with learned
+projections where channel widths differ) and runs it.
 
 Example:
-    from tfcompress import distillation, pruning
-    distiller = distillation.Distiller(
-        teacher, student,
-        distillation_losses=distillation.LogitsDistillation(temperature=4.0),
-        student_loss_weight=0.5)
-    distiller.compile(optimizer=keras.optimizers.Adam(2e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    distiller.fit(x, y, batch_size=128, epochs=3,
-                  callbacks=[keras.callbacks.BackupAndRestore("run/backup"),
-                             *pruning.pruning_callbacks()])
-    tfcompress.save_model(distiller.student, "run/student.keras")   # save the student
-
-The loss, as in Keras 3:
-
-    loss = student_loss_weight * student_loss
-           + (1 - student_loss_weight) * sum_i(distillation_loss_weights[i] * distillation_loss_i)
-           + the student's regularization losses
-
-`student_loss` is the loss given to `compile` on the student's outputs as
-they are (probabilities with `SparseCategoricalCrossentropy()` for the zoo's
-softmax models). Logged: `loss` (the total, what Keras callbacks monitor),
-`total_loss` (the same value, under Keras 3's name), `student_loss`,
-`distillation_loss` (the weighted sum), one `<name>_loss` per distillation
-loss when there are several, and the compiled metrics of the student.
-
-Logits of a softmax model. Hinton's soft targets need logits, and the zoo's
-models end in softmax. The Distiller takes the tensor that goes into the
-final softmax op, in the same graph, at no cost: the same route tf_keras's
-own cross-entropy takes for numerical stability (`backend._get_logits`: the
-Softmax op's input, or the `_keras_logits` Keras attaches in eager mode).
-That tensor is exact; the alternative, log of the probabilities, loses the
-gaps beyond float32's range (a clip at 1e-7 would flatten every logit gap
-above 16, which temperature 4 brings back into play). Only when a model's
-output is a probability vector without a softmax op in reach (a reshape
-after the softmax, say) is `log(max(p, 1e-30))` used; it equals the logits
-up to a per-row constant, which softmax ignores. A model with any other
-output is taken to output logits. A binary classifier's one unit (a sigmoid,
-or a logit z) is the two-class softmax over [0, z]; several sigmoid units
-(multi-label) are refused.
-
-Reference:
-    Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
-    Network", https://arxiv.org/abs/1503.02531
-    Romero et al. 2015, "FitNets: Hints for Thin Deep Nets" (feature
-    distillation with a learned projection), https://arxiv.org/abs/1412.6550
+    from tfcompress.distillation import Distiller, LogitsDistillation
+    distiller = Distiller(teacher, student, LogitsDistillation(temperature=4.0))
+    distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy())
+    distiller.fit(x, y, epochs=3)
 """
 
-import numbers
-
-import numpy as np
-
 from tfcompress import heads
+from tfcompress._compat import is_compiled
 from tfcompress.checks import check_finite_weights
-from tfcompress.errors import TfcompressError
+from tfcompress.distillation.losses import (DistillationError, LogitsDistillation, _is_number,
+                                            get)
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 
-__all__ = ["DistillationError", "DistillationLoss", "LogitsDistillation", "FeatureDistillation",
-           "logits_distillation", "feature_distillation", "get", "serialize", "Distiller"]
+__all__ = ["Distiller"]
 
 # Where `Distiller.call` leaves the student's intermediate features for
 # `compute_loss`: on the prediction tensor itself (graph and eager tensors
@@ -74,239 +29,14 @@ __all__ = ["DistillationError", "DistillationLoss", "LogitsDistillation", "Featu
 # Each replica of a MirroredStrategy has its own tensor, so this is
 # thread-safe, and nothing outlives the training step.
 _FEATURES_ATTR = "_tfcompress_student_features"
-# log(p) floor for probabilities with no softmax op in reach (see the module docstring).
+# log(p) floor for probabilities with no softmax op in reach (see the package docstring).
 _LOG_FLOOR = 1e-30
-
-
-class DistillationError(TfcompressError, ValueError):
-    """Teacher, student or distillation settings that cannot work; the message says the fix."""
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_weight(value, name):
     if not _is_number(value) or not 0.0 <= value <= 1.0:
         raise DistillationError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
-
-
-# ------------------------------------------------------------------------ losses
-
-
-class DistillationLoss:
-    """A loss between a teacher tensor and a student tensor, one value a sample.
-
-    Subclasses implement `call(teacher, student) -> [batch]` and
-    `get_config()`. Calling the object reduces like a Keras loss with
-    SUM_OVER_BATCH_SIZE: sum(sample_weight * loss) / batch size.
-
-    Attributes:
-        teacher_layer_name, student_layer_name: the layers whose outputs the
-            loss compares; None for the models' outputs.
-        uses_logits: True when the loss compares logits (the Distiller then
-            passes the pre-softmax tensors of softmax models).
-    """
-
-    teacher_layer_name = None
-    student_layer_name = None
-    uses_logits = False
-
-    def call(self, teacher, student):
-        raise NotImplementedError
-
-    def __call__(self, teacher, student, sample_weight=None):
-        per_sample = tf.cast(self.call(teacher, student), tf.float32)
-        if sample_weight is not None:
-            per_sample = per_sample * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        return tf.reduce_sum(per_sample) / tf.cast(tf.shape(per_sample)[0], tf.float32)
-
-    @property
-    def short_name(self):
-        """Name of this loss's own metric, without the `_loss` suffix."""
-        raise NotImplementedError
-
-    def get_config(self):
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config):
-        try:
-            return cls(**config)
-        except TypeError as e:  # an argument this loss does not take
-            raise DistillationError(f"bad {cls.__name__} config {config!r}: {e}") from None
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-
-class LogitsDistillation(DistillationLoss):
-    """Hinton et al.'s soft-target loss: KL(softmax(t/T) || softmax(s/T)) * T^2 per sample.
-
-    The T^2 factor keeps the gradients' size independent of T (Hinton et
-    al. 2015, section 2), so `student_loss_weight` means the same at any
-    temperature.
-
-    Example:
-        loss = LogitsDistillation(temperature=4.0)
-        loss(teacher_logits, student_logits)        # mean over the batch
-
-    Args:
-        temperature: > 0; higher spreads the teacher's probability over more
-            classes. 3 (Keras 3's default) to 5 is usual.
-    """
-
-    uses_logits = True
-
-    def __init__(self, temperature=3.0):
-        # Inf passes `> 0` but scales the loss by T^2 = inf: NaN from the first batch.
-        if not _is_number(temperature) or not 0 < temperature < float("inf"):
-            raise DistillationError(f"temperature must be a finite number > 0, got "
-                                    f"{temperature!r}")
-        self.temperature = float(temperature)
-
-    def call(self, teacher, student):
-        t = tf.cast(teacher, tf.float32) / self.temperature
-        s = tf.cast(student, tf.float32) / self.temperature
-        # log_softmax on both sides: finite even where a probability underflows.
-        log_t = tf.nn.log_softmax(t, axis=-1)
-        kl = tf.reduce_sum(tf.exp(log_t) * (log_t - tf.nn.log_softmax(s, axis=-1)), axis=-1)
-        kl = tf.reshape(kl, [tf.shape(kl)[0], -1])  # sequence outputs: mean over positions
-        return tf.reduce_mean(kl, axis=-1) * self.temperature ** 2
-
-    @property
-    def short_name(self):
-        return "logits"
-
-    def get_config(self):
-        return {"temperature": self.temperature}
-
-
-_FEATURE_LOSSES = {"mse": "mse", "mean_squared_error": "mse",
-                   "cosine": "cosine", "cosine_similarity": "cosine"}
-
-
-class FeatureDistillation(DistillationLoss):
-    """Matches an intermediate layer of the student to one of the teacher (FitNets hints).
-
-    When the two layers' last (channel) axes differ, the Distiller learns a
-    linear projection from the student's width to the teacher's (a 1x1
-    convolution on feature maps), trained with the student and dropped
-    afterwards: it is not part of `distiller.student`. All other axes must
-    agree (pick layers with the same spatial size).
-
-    Example:
-        FeatureDistillation("conv3", "conv3")                 # MSE, projected if widths differ
-        FeatureDistillation("relu2", "relu2", loss="cosine")
-
-    Args:
-        teacher_layer_name: a layer of the teacher, or None for its output.
-        student_layer_name: a layer of the student, or None for its output.
-            For a pruned or QAT student the wrapped layer's own name works
-            ("conv3" finds "prune_low_magnitude_conv3").
-        loss: "mse" (mean squared difference over all feature values) or
-            "cosine" (1 - cosine similarity along the channel axis, averaged
-            over positions; insensitive to the features' scale).
-    """
-
-    def __init__(self, teacher_layer_name=None, student_layer_name=None, loss="mse"):
-        for name, value in (("teacher_layer_name", teacher_layer_name),
-                            ("student_layer_name", student_layer_name)):
-            if value is not None and not (isinstance(value, str) and value):
-                raise DistillationError(f"{name} must be a layer name or None, got {value!r}")
-        if loss not in _FEATURE_LOSSES:
-            raise DistillationError(f"FeatureDistillation loss must be 'mse' or 'cosine', "
-                                    f"got {loss!r}")
-        self.teacher_layer_name = teacher_layer_name
-        self.student_layer_name = student_layer_name
-        self.loss = _FEATURE_LOSSES[loss]
-
-    def call(self, teacher, student):
-        t = tf.cast(teacher, tf.float32)
-        s = tf.cast(student, tf.float32)
-        if self.loss == "mse":
-            per_value = tf.math.squared_difference(t, s)
-        else:
-            per_value = 1.0 - tf.reduce_sum(tf.math.l2_normalize(t, axis=-1)
-                                            * tf.math.l2_normalize(s, axis=-1), axis=-1)
-        return tf.reduce_mean(tf.reshape(per_value, [tf.shape(per_value)[0], -1]), axis=-1)
-
-    @property
-    def short_name(self):
-        return f"feature_{self.student_layer_name or 'output'}"
-
-    def get_config(self):
-        return {"teacher_layer_name": self.teacher_layer_name,
-                "student_layer_name": self.student_layer_name, "loss": self.loss}
-
-
-# snake_case aliases, as in larq and Keras.
-logits_distillation = LogitsDistillation
-feature_distillation = FeatureDistillation
-
-# An explicit table (not a registry filled by import side effects).
-_BY_NAME = {
-    "logits": LogitsDistillation,
-    "logits_distillation": LogitsDistillation,
-    "LogitsDistillation": LogitsDistillation,
-    "feature": FeatureDistillation,
-    "feature_distillation": FeatureDistillation,
-    "FeatureDistillation": FeatureDistillation,
-}
-
-
-def _lookup(name):
-    if name not in _BY_NAME:
-        raise DistillationError(f"unknown distillation loss {name!r}; choose 'logits' or "
-                                "'feature' (or their class names)")
-    return _BY_NAME[name]
-
-
-def serialize(loss):
-    """`{"class_name": ..., "config": ...}`, the Keras form `get` reads back."""
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
-
-
-def get(identifier):
-    """Returns a distillation loss for a name, a config dict, a loss object or None.
-
-    Example:
-        get("logits")                                             # LogitsDistillation()
-        get({"class_name": "LogitsDistillation", "config": {"temperature": 4.0}})
-        get({"name": "feature", "teacher_layer_name": "conv3",
-             "student_layer_name": "conv3"})                      # recipe form
-
-    Raises:
-        DistillationError: for anything else, an unknown name or a bad config.
-    """
-    if identifier is None or isinstance(identifier, DistillationLoss):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _lookup(identifier)
-        if cls is FeatureDistillation:
-            raise DistillationError("a 'feature' distillation loss needs its layers: pass "
-                                    "FeatureDistillation(teacher_layer_name, student_layer_name) "
-                                    "or a dict with those keys")
-        return cls()
-    if isinstance(identifier, dict):
-        if "class_name" in identifier:
-            return _lookup(identifier["class_name"]).from_config(identifier.get("config", {}))
-        if "name" in identifier:
-            config = {k: v for k, v in identifier.items() if k != "name"}
-            return _lookup(identifier["name"]).from_config(config)
-        raise DistillationError(f"a distillation loss dict needs a 'class_name' (with "
-                                f"'config') or a 'name' key, got keys {sorted(identifier)}")
-    raise DistillationError(f"cannot interpret {identifier!r} as a distillation loss; pass "
-                            "'logits', a config dict, a LogitsDistillation/FeatureDistillation "
-                            "object or None")
 
 
 # ----------------------------------------------------------------- model checks
@@ -363,7 +93,7 @@ def _find_layer(model, name, role):
 
 
 def _pre_softmax(output, kind):
-    """The logits behind a model output (see the module docstring).
+    """The logits behind a model output (see the package docstring).
 
     A one-unit head (sigmoid or binary logit z) is the two-class softmax over
     logits [0, z]: sigmoid(z) = softmax([0, z])[1].
@@ -522,12 +252,12 @@ class Distiller(keras.Model):
     def metrics(self):
         # Our loss trackers instead of the compiled loss's "loss" metric,
         # which would report the hard-label loss alone as "loss".
-        metrics = list(getattr(self, "_trackers", []))
-        if self._is_compiled and self.compiled_metrics is not None:
-            metrics += self.compiled_metrics.metrics
-        for layer in self._flatten_layers():
-            metrics.extend(layer._metrics)
-        return metrics
+        # Keras's list is [compiled loss's, compiled metrics', every layer's metrics].
+        hidden = []
+        if is_compiled(self) and self.compiled_loss is not None:
+            hidden = self.compiled_loss.metrics
+        return list(getattr(self, "_trackers", [])) + [
+            metric for metric in super().metrics if not any(metric is h for h in hidden)]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         """The weighted total of the student and distillation losses (module docstring)."""

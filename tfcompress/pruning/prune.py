@@ -1,111 +1,41 @@
-"""Magnitude pruning of tf_keras models on top of TFMOT's pruning wrapper.
+"""`prune`, `strip_pruning`, `load_pruned_model`: the pruning entry points, and the config.
 
-`prune` wraps the chosen layers in TFMOT's `PruneLowMagnitude` (TFMOT's
-documented per-layer route: `clone_model` with a `clone_function`); the model
-trains as usual; `strip_pruning` gives back a plain model with the same layer
-names and weight shapes, its pruned weights exactly zero; `sparsity_report`
-measures what came out.
+`PruningConfig` says what to prune, how far and in which pattern; `prune`
+selects the layers (`tfcompress.layer_selection` patterns, TFMOT's registry
+for what it can prune) and wraps each in `PruneLowMagnitude`. See
+`tfcompress.pruning` for the whole flow.
 
 Example:
-    from tfcompress import pruning, schedules
-    config = pruning.PruningConfig(
-        target_sparsity=0.8,
-        schedule=schedules.PolynomialDecay(begin_epoch=0, end_epoch=3))
-    pruned = pruning.prune(model, config, steps_per_epoch=469)
-    pruned.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    pruned.fit(x, y, epochs=4, batch_size=128, callbacks=pruning.pruning_callbacks())
-    final = pruning.strip_pruning(pruned)
-    print(pruning.format_sparsity_report(pruning.sparsity_report(final)))
-
-The UpdatePruningStep callback is optional here. TFMOT's wrapper counts
-training steps from -1 and asserts at the first batch that a callback has set
-the count to 0 ("Prune() wrapper requires the UpdatePruningStep callback",
-buried in a graph-execution traceback). `prune` (and `load_pruned_model`) set
-the count to 0 themselves, so `fit` without the callback — or a custom
-training loop, where the callback is awkward (tensorflow/model-optimization#271)
-— prunes on the same schedule. The callback's other duty, re-applying the
-masks at each epoch end so checkpoints hold exactly sparse weights, is done by
-`strip_pruning` and `sparsity_report`, which read weight * mask.
-`pruning_callbacks()` is still the recommended way to train: its checkpoints
-are sparse on disk, and it can add TensorBoard summaries.
-
-Reference:
-    Zhu & Gupta 2017, "To prune, or not to prune: exploring the efficacy of
-    pruning for model compression", https://arxiv.org/abs/1710.01878
+    pruned = prune(model, PruningConfig(0.8), steps_per_epoch=469, total_epochs=4)
+    pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    pruned.fit(x, y, batch_size=128, epochs=4, callbacks=pruning_callbacks())
+    final = strip_pruning(pruned)
 """
 
-import copy
 import dataclasses
 import re
 from typing import Any, Mapping, Optional, Sequence
-
-import numpy as np
 
 from tfcompress import schedules
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
+from tfcompress.layer_selection import describe, is_graph_model, matches, unmatched, walk
+from tfcompress.pruning.wrapper import (CUSTOM_OBJECTS, PruneLowMagnitude, is_pruned_model,
+                                        parse_structure, prunable_weights, start_step_counters,
+                                        wrappers)
 from tfcompress.saving import load_model
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfcompress.keras)
-from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
-    prune_registry, pruning_policy, pruning_wrapper)
 
-__all__ = ["PruningError", "PruningConfig", "PruneLowMagnitude", "prune", "pruning_callbacks",
-           "strip_pruning", "load_pruned_model", "sparsity_report", "format_sparsity_report",
-           "is_pruned_model"]
+__all__ = ["PruningError", "PruningConfig", "prune", "pruning_callbacks", "strip_pruning",
+           "load_pruned_model"]
 
 
 class PruningError(TfcompressError, ValueError):
     """A model or layer cannot be pruned as asked; the message says what to do."""
 
 
-class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
-    """TFMOT's wrapper, with `sparsity_m_by_n` kept in its config.
-
-    TFMOT 0.8.1's `get_config` drops `sparsity_m_by_n`, so a "2:4" model
-    saved mid-training loads as unstructured pruning and the next mask update
-    loses the structure. Its `__init__` does take the argument, so keeping it
-    in the config is the whole fix. The class keeps TFMOT's name: layer names
-    stay `prune_low_magnitude_<layer>` and files load with
-    `tfmot.sparsity.keras.prune_scope()` as well as with `load_pruned_model`.
-    """
-
-    def get_config(self):
-        return dict(super().get_config(), sparsity_m_by_n=self.sparsity_m_by_n)
-
-
-_CUSTOM_OBJECTS = {"PruneLowMagnitude": PruneLowMagnitude}
-_POLICIES = {"xnnpack": pruning_policy.PruneForLatencyOnXNNPack}
-
-
-def _parse_structure(structure):
-    """None | "M:N" | "HxW" | (H, W) -> (label, m_by_n, block_size)."""
-    if structure is None:
-        return None, None, None
-    if isinstance(structure, str):
-        m_by_n = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", structure)
-        block = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", structure)
-        if m_by_n:
-            m, n = int(m_by_n[1]), int(m_by_n[2])
-            if not 0 < m < n:
-                raise ValueError(f"structure {structure!r}: M:N means M zeros in every N "
-                                 "consecutive weights, so 0 < M < N (e.g. '2:4')")
-            return f"{m}:{n}", (m, n), None
-        if block:
-            structure = (int(block[1]), int(block[2]))
-        else:
-            raise ValueError(f"structure {structure!r} is not 'M:N' (e.g. '2:4') or a block "
-                             "'HxW' (e.g. '1x4')")
-    try:
-        height, width = (int(v) for v in structure)
-    except (TypeError, ValueError):
-        raise ValueError(f"structure must be None, 'M:N' or a block (height, width), got "
-                         f"{structure!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"block structure {structure!r} needs sides >= 1")
-    if (height, width) == (1, 1):
-        return None, None, None
-    return f"{height}x{width}", None, (height, width)
+_POLICIES = {"xnnpack": tfmot.sparsity.keras.PruneForLatencyOnXNNPack}
 
 
 def _check_patterns(patterns, name):
@@ -204,7 +134,7 @@ class PruningConfig:
         # Fields keep what the user gave (normalised in form only), so that
         # dataclasses.replace(config, target_sparsity=...) works; the
         # effective values are the properties below.
-        self.structure = _parse_structure(self.structure)[0]
+        self.structure = parse_structure(self.structure)[0]
         self.target_sparsity = schedules.check_sparsity(self.target_sparsity, "target_sparsity")
         self.schedule = schedules.get(self.schedule)
         if self.m_by_n:
@@ -236,7 +166,7 @@ class PruningConfig:
                 raise ValueError(f"unknown policy {self.policy!r}; choose None or "
                                  f"{', '.join(map(repr, _POLICIES))}")
         elif self.policy is not None and not isinstance(self.policy,
-                                                        pruning_policy.PruningPolicy):
+                                                        tfmot.sparsity.keras.PruningPolicy):
             raise ValueError(f"policy must be None, 'xnnpack' or a TFMOT PruningPolicy, got "
                              f"{self.policy!r}")
         if self.block_pooling not in ("AVG", "MAX"):
@@ -245,12 +175,12 @@ class PruningConfig:
     @property
     def m_by_n(self):
         """(M, N) for an "M:N" structure, else None."""
-        return _parse_structure(self.structure)[1]
+        return parse_structure(self.structure)[1]
 
     @property
     def block_size(self):
         """(height, width) for a block structure, else None."""
-        return _parse_structure(self.structure)[2]
+        return parse_structure(self.structure)[2]
 
     @property
     def sparsity(self):
@@ -267,53 +197,14 @@ class PruningConfig:
         return schedule.with_sparsity(self.sparsity if sparsity is None else sparsity)
 
 
-# ---------------------------------------------------------------------------- layers
-
-
-def _is_graph_model(layer):
-    return isinstance(layer, keras.Model) and (
-        layer._is_graph_network or isinstance(layer, keras.Sequential))
-
-
-def _layers(model):
-    """All layers of `model` in order, looking inside nested functional models."""
-    for layer in model.layers:
-        if _is_graph_model(layer):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
-def _prunable_weights(layer):
-    """The weights TFMOT prunes in `layer`; [] for none; None when TFMOT does not know it."""
-    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-        return [weight for weight, _, _ in layer.pruning_vars]
-    if hasattr(layer, "get_prunable_weights"):  # a PrunableLayer, or patched by TFMOT
-        return list(layer.get_prunable_weights())
-    if not prune_registry.PruneRegistry.supports(layer):
-        return None
-    # make_prunable patches a method onto the object it gets: give it a shallow
-    # copy (same variables) so that reading a model never changes it.
-    return list(prune_registry.PruneRegistry.make_prunable(copy.copy(layer))
-                .get_prunable_weights())
-
-
-def _matches(pattern, layer):
-    if isinstance(pattern, type):
-        return isinstance(layer, pattern)
-    return (re.fullmatch(pattern, layer.name) is not None
-            or pattern == type(layer).__name__)
-
-
-def _describe(layer):
-    return f"layer {layer.name!r} ({type(layer).__name__})"
+# ------------------------------------------------------------------------- selection
 
 
 def _cannot_prune(layers):
     """One error for every layer TFMOT cannot prune: following its advice once is enough."""
     names = [layer.name for layer in layers]
     return PruningError(
-        f"{', '.join(_describe(layer) for layer in layers)} "
+        f"{', '.join(describe(layer) for layer in layers)} "
         f"{'has' if len(layers) == 1 else 'have'} weights TFMOT does not know how to prune: "
         "implement tfmot.sparsity.keras.PrunableLayer (a get_prunable_weights() method "
         f"returning its kernels) in the layer, or leave it dense with exclude={names!r} "
@@ -323,9 +214,9 @@ def _cannot_prune(layers):
 
 def _select(model, config):
     """The layers to wrap, each with its sparsity: [(layer, sparsity)]."""
-    layers = list(_layers(model))
+    layers = list(walk(model))
     names = ", ".join(layer.name for layer in layers)
-    prunable = {id(layer): _prunable_weights(layer) for layer in layers}
+    prunable = {id(layer): prunable_weights(layer) for layer in layers}
 
     def wanted(layer):
         # Prunable, or trainable weights TFMOT does not know (an error if
@@ -334,10 +225,10 @@ def _select(model, config):
         return bool(weights) or (weights is None and bool(layer.trainable_weights))
 
     def check_used(patterns, field, among, what="layer"):
-        for pattern in patterns:
-            if not any(_matches(pattern, layer) for layer in among):
-                raise PruningError(f"{field} entry {pattern!r} matches no {what}; the model's "
-                                   f"layers are: {names}")
+        missing = unmatched(patterns, among)
+        if missing:
+            raise PruningError(f"{field} entry {missing[0]!r} matches no {what}; the model's "
+                               f"layers are: {names}")
 
     check_used(config.exclude, "exclude", layers)
     if config.include is None:
@@ -351,12 +242,12 @@ def _select(model, config):
         for layer in layers:
             if prunable[id(layer)] == [] and layer.name in config.include:
                 raise PruningError(
-                    f"{_describe(layer)} has no weights TFMOT can prune (it prunes the kernels "
+                    f"{describe(layer)} has no weights TFMOT can prune (it prunes the kernels "
                     "of Conv, Dense, ... layers); remove it from include")
         chosen = [layer for layer in layers
-                  if wanted(layer) and any(_matches(p, layer) for p in config.include)]
+                  if wanted(layer) and any(matches(p, layer) for p in config.include)]
         check_used(config.include, "include", chosen, what="layer with weights TFMOT can prune")
-    chosen = [layer for layer in chosen if not any(_matches(p, layer) for p in config.exclude)]
+    chosen = [layer for layer in chosen if not any(matches(p, layer) for p in config.exclude)]
     if config.policy is not None:
         chosen = [layer for layer in chosen if _policy(config).allow_pruning(layer)]
     unknown = [layer for layer in chosen if prunable[id(layer)] is None]
@@ -371,7 +262,7 @@ def _select(model, config):
                what="layer selected for pruning (see include, exclude and skip_first_and_last)")
 
     def sparsity(layer):
-        hits = [s for p, s in config.per_layer.items() if _matches(p, layer)]
+        hits = [s for p, s in config.per_layer.items() if matches(p, layer)]
         return hits[0] if hits else config.sparsity
 
     return [(layer, sparsity(layer)) for layer in chosen]
@@ -382,11 +273,11 @@ def _check_structure(layer, weights, config):
     # step (pruning_utils.weights_rearrange), blocks when the wrapper is built.
     ranks = {len(weight.shape) for weight in weights}
     if config.m_by_n and not ranks <= {2, 4}:
-        raise PruningError(f"{_describe(layer)} has {sorted(ranks)}-D kernels; TFMOT's "
+        raise PruningError(f"{describe(layer)} has {sorted(ranks)}-D kernels; TFMOT's "
                            f"{config.structure} pruning handles Conv2D (4-D) and Dense (2-D) "
                            f"kernels only: exclude it")
     if config.block_size and ranks != {2}:
-        raise PruningError(f"{_describe(layer)} has {sorted(ranks)}-D kernels; block "
+        raise PruningError(f"{describe(layer)} has {sorted(ranks)}-D kernels; block "
                            f"{config.structure} pruning needs 2-D kernels (Dense): exclude it, "
                            "or include only Dense layers (include=['Dense'])")
     if not config.block_size:
@@ -396,7 +287,7 @@ def _check_structure(layer, weights, config):
         # block across (or a size-1 axis) leaves a 1-D mask that expand_tensor
         # rejects at the first training step.
         if any(-(-size // block) < 2 for size, block in zip(weight.shape, config.block_size)):
-            raise PruningError(f"{_describe(layer)}: its kernel {tuple(weight.shape)} is less "
+            raise PruningError(f"{describe(layer)}: its kernel {tuple(weight.shape)} is less "
                                f"than two {config.structure} blocks along an axis, which TFMOT's "
                                "block pruning cannot handle; exclude it or use a smaller block")
 
@@ -416,25 +307,6 @@ def _wrapper_params(config, sparsity, steps_per_epoch, total_epochs):
         schedule = config.layer_schedule(sparsity).to_tfmot(steps_per_epoch, total_epochs)
     return {"pruning_schedule": schedule, "block_size": config.block_size or (1, 1),
             "block_pooling_type": config.block_pooling, "sparsity_m_by_n": config.m_by_n}
-
-
-def _wrappers(model):
-    return pruning_wrapper.collect_prunable_layers(model)
-
-
-def is_pruned_model(model):
-    """True when `model` holds TFMOT pruning wrappers (prune was applied, not stripped)."""
-    return bool(_wrappers(model))
-
-
-def _start_step_counters(model):
-    # TFMOT's counter starts at -1 and UpdatePruningStep sets it to 0 when
-    # training begins; without the callback the first batch fails an assert.
-    # Starting it at 0 here makes the callback optional (the module docstring
-    # says what the callback still adds).
-    for layer in _wrappers(model):
-        if int(layer.pruning_step.numpy()) < 0:
-            layer.pruning_step.assign(0)
 
 
 # ----------------------------------------------------------------------- public API
@@ -480,7 +352,7 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
         config = PruningConfig()
     elif isinstance(config, dict):
         config = PruningConfig(**config)
-    if not _is_graph_model(model):
+    if not is_graph_model(model):
         raise PruningError(
             f"{type(model).__name__} is a subclassed model: TFMOT can only wrap the layers of a "
             "Sequential or functional model. Build it functionally, or wrap its layers inside "
@@ -513,13 +385,13 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
             for layer, sparsity in _select(clone, config)}
 
     def wrap(layer):
-        if _is_graph_model(layer):
+        if is_graph_model(layer):
             return keras.models.clone_model(layer, clone_function=wrap)
         params = plan.get(id(layer))
         return layer if params is None else PruneLowMagnitude(layer, **params)
 
     pruned = keras.models.clone_model(clone, clone_function=wrap)
-    _start_step_counters(pruned)
+    start_step_counters(pruned)
     return pruned
 
 
@@ -558,7 +430,7 @@ def strip_pruning(model):
     """
     model = ensure_tf_keras_model(model)
     masked = {weight.ref(): (weight * mask).numpy()
-              for layer in _wrappers(model) for weight, mask, _ in layer.pruning_vars}
+              for layer in wrappers(model) for weight, mask, _ in layer.pruning_vars}
     stripped = tfmot.sparsity.keras.strip_pruning(model)  # shares model's layers
     plain = keras.models.clone_model(stripped)
     plain.set_weights([masked.get(weight.ref(), weight.numpy()) for weight in stripped.weights])
@@ -580,147 +452,7 @@ def load_pruned_model(path, allow_unsafe=False, compile=True):
     Raises:
         ModelLoadError: naming the file and the reason.
     """
-    model = load_model(path, allow_unsafe=allow_unsafe, custom_objects=_CUSTOM_OBJECTS,
+    model = load_model(path, allow_unsafe=allow_unsafe, custom_objects=CUSTOM_OBJECTS,
                        compile=compile)
-    _start_step_counters(model)
+    start_step_counters(model)
     return model
-
-
-# --------------------------------------------------------------------------- report
-
-
-def satisfies_m_by_n(kernel, m_by_n=(2, 4)):
-    """True when every N consecutive weights along the input axis hold at least M zeros.
-
-    The input axis is TFMOT's (pruning_utils.weights_rearrange): Conv2D
-    kernels [kh, kw, in, out] and Dense kernels [in, out] are grouped along
-    `in`, which is the innermost axis of TFLite's OHWI / [out, in] layouts. A
-    last, shorter group counts its missing places as zeros, as TFMOT does.
-
-    Returns:
-        True/False, or None for a kernel that is not 2-D or 4-D.
-    """
-    kernel = np.asarray(kernel)
-    if kernel.ndim not in (2, 4):
-        return None
-    m, n = m_by_n
-    rows = np.moveaxis(kernel, -2, -1).reshape(-1, kernel.shape[-2])
-    groups = np.pad(rows, ((0, 0), (0, -rows.shape[1] % n))).reshape(-1, n)
-    return bool(np.all(np.count_nonzero(groups, axis=1) <= n - m))
-
-
-def satisfies_blocks(kernel, block_size):
-    """True when a 2-D kernel's zeros come in whole (height, width) blocks; None if not 2-D."""
-    kernel = np.asarray(kernel)
-    if kernel.ndim != 2:
-        return None
-    height, width = block_size
-    nonzero = np.pad((kernel != 0).astype(float),
-                     ((0, -kernel.shape[0] % height), (0, -kernel.shape[1] % width)),
-                     constant_values=np.nan)  # edge blocks: padding is "don't care"
-    blocks = nonzero.reshape(nonzero.shape[0] // height, height, -1, width)
-    return bool(np.all(np.nanmin(blocks, axis=(1, 3)) == np.nanmax(blocks, axis=(1, 3))))
-
-
-def _structure_ok(kernels, structure):
-    _, m_by_n, block_size = _parse_structure(structure)
-    if m_by_n:
-        results = [satisfies_m_by_n(k, m_by_n) for k in kernels]
-    elif block_size:
-        results = [satisfies_blocks(k, block_size) for k in kernels]
-    else:
-        return None
-    return None if None in results else all(results)
-
-
-def _row(layer, structure):
-    """(name, type, effective kernels, structure) of a layer with prunable weights."""
-    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-        kernels = [(weight * mask).numpy() for weight, mask, _ in layer.pruning_vars]
-        if layer.sparsity_m_by_n:
-            structure = "{}:{}".format(*layer.sparsity_m_by_n)
-        elif tuple(layer.block_size) != (1, 1):
-            structure = "{}x{}".format(*layer.block_size)
-        return layer.layer, kernels, structure
-    return layer, [weight.numpy() for weight in _prunable_weights(layer) or []], structure
-
-
-def sparsity_report(model, structure=None):
-    """Measures the sparsity of every layer with prunable weights.
-
-    Works on a pruned (wrapped) model, where it reads weight * mask (what the
-    next forward pass computes with), and on a stripped or plain one.
-
-    Example:
-        report = sparsity_report(strip_pruning(pruned), structure="2:4")
-        report["layers"][0]   # {"layer": "conv2", "type": "Conv2D", "weights": 288,
-                              #  "nonzeros": 144, "sparsity": 0.5, "structure": "2:4",
-                              #  "structure_ok": True, "wrapped": False}
-        json.dumps(report)
-
-    Args:
-        model: a tf_keras model.
-        structure: "M:N" or a block ("HxW" / (h, w)) to check unwrapped layers
-            against; wrapped layers are checked against their own structure.
-
-    Returns:
-        {"layers": [one dict a layer], "total": {"weights", "nonzeros",
-        "sparsity"}}: plain JSON types. "structure_ok" is None where no
-        structure applies.
-    """
-    model = ensure_tf_keras_model(model)
-    label = _parse_structure(structure)[0]
-    rows = []
-    for layer in _layers(model):
-        inner, kernels, layer_structure = _row(layer, label)
-        if not kernels:
-            continue
-        weights = int(sum(k.size for k in kernels))
-        nonzeros = int(sum(np.count_nonzero(k) for k in kernels))
-        rows.append({
-            "layer": inner.name,
-            "type": type(inner).__name__,
-            "weights": weights,
-            "nonzeros": nonzeros,
-            "sparsity": 1.0 - nonzeros / weights if weights else 0.0,
-            "structure": layer_structure,
-            "structure_ok": _structure_ok(kernels, layer_structure) if layer_structure else None,
-            "wrapped": inner is not layer,
-        })
-    weights = sum(row["weights"] for row in rows)
-    nonzeros = sum(row["nonzeros"] for row in rows)
-    total = {"weights": weights, "nonzeros": nonzeros,
-             "sparsity": 1.0 - nonzeros / weights if weights else 0.0}
-    return {"layers": rows, "total": total}
-
-
-def format_sparsity_report(report):
-    """The report as a text table, one row a layer plus a total.
-
-    Example:
-        print(format_sparsity_report(sparsity_report(model)))
-    """
-    header = ("layer", "type", "weights", "non-zeros", "sparsity", "structure")
-    lines = [header]
-    for row in report["layers"]:
-        ok = {True: "ok", False: "NOT MET", None: ""}[row["structure_ok"]]
-        structure = f"{row['structure']} {ok}".strip() if row["structure"] else "-"
-        name = row["layer"] + (" *" if row["wrapped"] else "")
-        lines.append((name, row["type"], f"{row['weights']:,}", f"{row['nonzeros']:,}",
-                      f"{100 * row['sparsity']:.1f}%", structure))
-    total = report["total"]
-    lines.append(("total", "", f"{total['weights']:,}", f"{total['nonzeros']:,}",
-                  f"{100 * total['sparsity']:.1f}%", ""))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = (False, False, True, True, True, False)
-
-    def fmt(line):
-        return "  ".join(cell.rjust(w) if r else cell.ljust(w)
-                         for cell, w, r in zip(line, widths, right)).rstrip()
-
-    text = [fmt(line) for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    text.insert(len(text) - 1, "-" * len(text[0]))
-    if any(row["wrapped"] for row in report["layers"]):
-        text.append("* still wrapped for pruning (weights shown with their masks applied)")
-    return "\n".join(text)
