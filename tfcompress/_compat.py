@@ -205,3 +205,18 @@ def preserved_weight_attrs(registry):
     QAT registry preserves."""
     return {cls: config.weight_attrs
             for cls, config in _tfmot_attribute(registry, "_LAYERS_CONFIG_MAP").items()}
+
+
+def nested_inputs(model):
+    """A functional model's inputs in the structure it was built with (list, dict, tensor)."""
+    return _attribute(model, "_nested_inputs")
+
+
+def nested_outputs(model):
+    """A functional model's outputs in the structure it was built with."""
+    return _attribute(model, "_nested_outputs")
+
+
+def keras_history_layer(tensor):
+    """The layer whose call made the symbolic tensor `tensor`."""
+    return _attribute(tensor, "_keras_history").layer

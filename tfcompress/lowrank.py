@@ -30,11 +30,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from tfcompress.channel_pruning import clone_layer, graph_nodes, rebuild_model
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
-from tfcompress.layer_selection import check_patterns, matches
 from tfcompress.keras import ensure_tf_keras_model, keras
+from tfcompress.layer_selection import check_patterns, describe, matches, unmatched
+from tfcompress.surgery import graph_nodes, require_graph_model, transform_model
 
 __all__ = ["LowRankError", "LowRankConfig", "factorize", "format_info", "choose_rank"]
 
@@ -98,10 +98,6 @@ class LowRankConfig:
         self.exclude = check_patterns(self.exclude, "exclude", LowRankError)
 
 
-
-
-
-
 def choose_rank(singular_values, config):
     """The rank `config` asks for, given a kernel's singular values (descending)."""
     s = np.asarray(singular_values, dtype=np.float64)
@@ -139,17 +135,17 @@ def _params(fan_in, fan_out, rank, bias):
 
 
 def _select(model, config):
-    nodes = graph_nodes(model)
+    nodes = graph_nodes(model, LowRankError)
     calls = {}
     for node in nodes:
         calls[node.layer.name] = calls.get(node.layer.name, 0) + 1
     layers = [node.layer for node in nodes]
     names = ", ".join(layer.name for layer in model.layers)
     for field, patterns in (("layers", config.layers or ()), ("exclude", config.exclude)):
-        for pattern in patterns:
-            if not any(matches(pattern, layer) for layer in model.layers):
-                raise LowRankError(f"{field} entry {pattern!r} matches no layer; the model's "
-                                   f"layers are: {names}")
+        missing = unmatched(patterns, model.layers)
+        if missing:
+            raise LowRankError(f"{field} entry {missing[0]!r} matches no layer; the model's "
+                               f"layers are: {names}")
     chosen, seen = [], set()
     for layer in layers:
         if layer.name in seen:
@@ -163,8 +159,8 @@ def _select(model, config):
                 chosen.append(layer)
         elif any(matches(p, layer) for p in config.layers):
             if why is not None and layer.name in config.layers:
-                raise LowRankError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be "
-                                   f"factored: {why}; remove it from layers")
+                raise LowRankError(f"{describe(layer)} cannot be factored: {why}; remove it "
+                                   "from layers")
             if why is None:
                 chosen.append(layer)
     if not chosen:
@@ -205,10 +201,7 @@ def factorize(model, config=None):
     elif not isinstance(config, LowRankConfig):
         raise LowRankError(f"config must be a LowRankConfig, a dict or None, got "
                            f"{type(config).__name__}")
-    if not getattr(model, "_is_graph_network", False):
-        raise LowRankError(f"{type(model).__name__} {model.name!r} is a subclassed (or unbuilt "
-                           "Sequential) model, whose layer graph cannot be read: build it "
-                           "functionally or give the Sequential an Input")
+    model = require_graph_model(model, LowRankError)
     # np.linalg.svd fails on NaN/Inf with a bare "SVD did not converge".
     check_finite_weights(model, "the model to factorize")
     rows, factors = [], {}
@@ -236,29 +229,20 @@ def factorize(model, config=None):
                                    second.reshape(shape + second.shape), rank)
         rows.append(row)
 
-    new_layers, weights = {}, []
-
-    def call(node, args, kwargs):
-        layer = node.layer
+    def replace(layer, copy):
         if layer.name not in factors:
-            new = clone_layer(layer)
-            weights.append((new, layer.get_weights()))
-            return new(*args, **kwargs)
+            return None
         first_kernel, second_kernel, rank = factors[layer.name]
         width = {"units": rank} if type(layer) is keras.layers.Dense else {"filters": rank}
-        first = clone_layer(layer, name=f"{layer.name}_svd", use_bias=False, activation="linear",
-                            activity_regularizer=None, **width)
-        second = clone_layer(layer)
+        first = copy(layer, [first_kernel], name=f"{layer.name}_svd", use_bias=False,
+                     activation="linear", activity_regularizer=None, **width)
+        stride = {}
         if type(layer) is keras.layers.Conv2D:  # the stride is taken by the first conv
-            second = clone_layer(layer, strides=(1, 1), padding="valid")
-        weights.append((first, [first_kernel]))
-        weights.append((second, [second_kernel] + layer.get_weights()[1:]))
-        new_layers[layer.name] = (first, second)
-        return second(first(*args, **kwargs))
+            stride = {"strides": (1, 1), "padding": "valid"}
+        second = copy(layer, [second_kernel] + layer.get_weights()[1:], **stride)
+        return lambda *args, **kwargs: second(first(*args, **kwargs))
 
-    factored = rebuild_model(model, call)
-    for new, values in weights:
-        new.set_weights(values)
+    factored = transform_model(model, replace, LowRankError)
     info = {"layers": rows, "params_before": int(model.count_params()),
             "params_after": int(factored.count_params())}
     return factored, info
