@@ -15,7 +15,6 @@ import datetime
 import io
 import json
 import os
-import platform
 
 from tfcompress.errors import TfcompressError
 from tfcompress.saving import write_bytes_atomic, write_json_atomic
@@ -54,26 +53,13 @@ def _stage_names(out_dir):
 
 def environment():
     """Versions, CPU and core count of this machine (what the figures were measured on)."""
-    from importlib import metadata
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
-                    "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"versions": versions, "cpu": cpu, "cpu_count": os.cpu_count(),
-            "usable_cores": usable, "platform": platform.platform(), "note": PHONE_NOTE}
+    from tflite_export.environment import host
+    machine = host(("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+                    "numpy"))
+    return {"versions": {"python": machine["python"], **machine["versions"]},
+            "cpu": machine["cpu"], "cpu_count": machine["logical_cpus"],
+            "usable_cores": len(machine["usable_cpus"]), "platform": machine["platform"],
+            "note": PHONE_NOTE}
 
 
 def pareto_front(points):

@@ -30,7 +30,8 @@ def _read_variants(path, variant_hash):
 
 def _measure(path, mode, ds, recipe):
     from tflite_export.evaluate import evaluate_tflite
-    from tflite_export.inspect import edgetpu_report, inspect_tflite
+    from tflite_export.edgetpu import edgetpu_report
+    from tflite_export.inspect import inspect_tflite
     info = inspect_tflite(path)
     evaluation = evaluate_tflite(path, ds.x_test, ds.y_test, top_k=(1,), progress=False,
                                  max_samples=recipe.data.eval_samples)

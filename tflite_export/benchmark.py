@@ -29,21 +29,9 @@ official benchmark_model tool. `crosscheck=True` also runs the official
 `litert-benchmark` (installed with ai-edge-litert) on the same file with the
 same CPUs, threads, warm-up and run count, and reports both medians.
 
-Device profiles: `PROFILES` below (`host-1t`, `host-2t`, `host-1t-reference`),
-plus a user JSON file mapping names to the same fields:
-
-    {"host-4t": {"threads": 4, "affinity": [0, 1, 2, 3], "delegate": "xnnpack",
-                 "description": "4 threads on CPUs 0-3 with XNNPACK"}}
-
-    threads      interpreter threads (>= 1)
-    affinity     null (no pinning), N (the first N CPUs this process may use),
-                 or a list of CPU ids
-    delegate     "xnnpack" (LiteRT's default: builtin kernels + the XNNPACK
-                 delegate) or "none" (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES:
-                 TFLite's builtin kernels without any delegate)
-    description  one honest line: what the profile stands for
-
-A user profile with a built-in's name replaces it.
+Device profiles (threads, CPU pinning, kernels; built-ins and a user JSON file)
+are in `tflite_export.profiles`, the Markdown tables and the plot in
+`tflite_export.benchmark_report`; their names are importable from here too.
 
 Result schema ("tfcompress.benchmark/1"), a JSON-able dict:
 
@@ -78,199 +66,32 @@ Example:
     benchmark.plot(result, "latency_vs_size.png")
 """
 
-import dataclasses
 import datetime
 import gzip
 import json
 import os
-import platform
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from tfcompress.errors import TfcompressError
+from tflite_export import child_process
+from tflite_export.benchmark_report import format_markdown, plot
+from tflite_export.environment import host, usable_cpus
+from tflite_export.profiles import (DELEGATES, PHONE_NOTE, PROFILES, BenchmarkError,
+                                    DeviceProfile, format_profiles, load_profiles)
 from tflite_export.tflite_file import TfliteFileError, read_tflite
 
+__all__ = ["SCHEMA", "benchmark_models", "environment", "latency_stats", "random_inputs",
+           "litert_benchmark_command",
+           # from tflite_export.profiles, .environment and .benchmark_report
+           "BenchmarkError", "DELEGATES", "DeviceProfile", "PHONE_NOTE", "PROFILES",
+           "format_profiles", "load_profiles", "usable_cpus", "format_markdown", "plot"]
+
 SCHEMA = "tfcompress.benchmark/1"
-PHONE_NOTE = ("Timed on this host's CPU only. A phone cannot be emulated for timing on an x86 "
-              "host, so no phone latency is shown; measure on the device with the official "
-              "benchmark_model tool.")
-DELEGATES = ("xnnpack", "none")
 _RESULT_MARKER = "TFCOMPRESS_BENCH_RESULT "
-
-
-class BenchmarkError(TfcompressError, ValueError):
-    """Bad benchmark settings or device profiles; the message says how to fix them."""
-
-
-def usable_cpus():
-    """The CPU ids this process may run on (all of them where the OS cannot say)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceProfile:
-    """How one model run is set up: threads, CPU pinning and kernels.
-
-    Attributes:
-        name: the profile's name (`--device NAME`).
-        threads: interpreter threads.
-        affinity: None (no pinning), an int N (the first N usable CPUs) or a
-            tuple of CPU ids.
-        delegate: "xnnpack" or "none" (see the module docstring).
-        description: what the profile stands for, in one line.
-        source: "built-in" or the file it came from.
-    """
-    name: str
-    threads: int
-    affinity: object
-    delegate: str
-    description: str
-    source: str = "built-in"
-
-    def cpus(self, usable=None):
-        """The CPU ids to pin to (None: no pinning).
-
-        Raises:
-            BenchmarkError: the profile asks for CPUs this process may not use.
-        """
-        usable = usable_cpus() if usable is None else sorted(usable)
-        if self.affinity is None:
-            return None
-        if not hasattr(os, "sched_setaffinity"):
-            raise BenchmarkError(f"device {self.name} pins CPUs, which needs Linux; use a "
-                                 "profile with \"affinity\": null on this system")
-        if isinstance(self.affinity, int):
-            if self.affinity > len(usable):
-                raise BenchmarkError(
-                    f"device {self.name} pins {self.affinity} CPUs but this process may use "
-                    f"only {len(usable)} ({usable}); pick another device or add one with a "
-                    "profile file")
-            return usable[:self.affinity]
-        missing = sorted(set(self.affinity) - set(usable))
-        if missing:
-            raise BenchmarkError(f"device {self.name} pins CPUs {list(self.affinity)} but "
-                                 f"{missing} are not available here (usable: {usable}); edit "
-                                 "its affinity in the profile file")
-        return list(self.affinity)
-
-    def to_dict(self):
-        affinity = list(self.affinity) if isinstance(self.affinity, tuple) else self.affinity
-        return {"threads": self.threads, "affinity": affinity, "delegate": self.delegate,
-                "description": self.description, "source": self.source}
-
-
-PROFILES = {p.name: p for p in (
-    DeviceProfile("host-1t", 1, 1, "xnnpack",
-                  "this host, 1 thread pinned to 1 CPU, XNNPACK delegate (LiteRT's default "
-                  "CPU path); a stand-in for ranking variants, not a phone's latency"),
-    DeviceProfile("host-2t", 2, 2, "xnnpack",
-                  "this host, 2 threads pinned to 2 CPUs, XNNPACK delegate; shows how a model "
-                  "scales with threads on this CPU, not on a phone's big.LITTLE cores"),
-    DeviceProfile("host-1t-reference", 1, 1, "none",
-                  "this host, 1 thread pinned to 1 CPU, TFLite builtin kernels without the "
-                  "XNNPACK delegate (BUILTIN_WITHOUT_DEFAULT_DELEGATES): a runtime that has "
-                  "no XNNPACK, or models XNNPACK cannot take (sparse int8)"),
-)}
-_PROFILE_KEYS = {"threads", "affinity", "delegate", "description"}
-
-
-def _profile_from_dict(name, fields, source):
-    where = f"{source}: device {name!r}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)):
-        raise BenchmarkError(f"{source}: device name {name!r} must be letters, digits, '.', '_' "
-                             "or '-'")
-    if not isinstance(fields, dict):
-        raise BenchmarkError(f"{where} must be an object with {sorted(_PROFILE_KEYS)}")
-    unknown, missing = set(fields) - _PROFILE_KEYS, _PROFILE_KEYS - set(fields) - {"affinity"}
-    if unknown or missing:
-        raise BenchmarkError(f"{where}: unknown keys {sorted(unknown)}, missing keys "
-                             f"{sorted(missing)}; a profile has {sorted(_PROFILE_KEYS)}")
-    threads = fields["threads"]
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise BenchmarkError(f"{where}: threads must be an integer >= 1, got {threads!r}")
-    affinity = fields.get("affinity")
-    if isinstance(affinity, list):
-        if not affinity or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
-                                   for c in affinity):
-            raise BenchmarkError(f"{where}: affinity must be null, a CPU count or a non-empty "
-                                 f"list of CPU ids >= 0, got {affinity!r}")
-        affinity = tuple(sorted(set(affinity)))
-    elif affinity is not None and (isinstance(affinity, bool) or not isinstance(affinity, int)
-                                   or affinity < 1):
-        raise BenchmarkError(f"{where}: affinity must be null, a CPU count >= 1 or a list of "
-                             f"CPU ids, got {affinity!r}")
-    if fields["delegate"] not in DELEGATES:
-        raise BenchmarkError(f"{where}: delegate must be one of {', '.join(DELEGATES)}, got "
-                             f"{fields['delegate']!r} (GPU/NPU delegates are not available on "
-                             "this host)")
-    description = fields["description"]
-    if not isinstance(description, str) or not description.strip():
-        raise BenchmarkError(f"{where}: description must be a non-empty line saying what the "
-                             "profile stands for")
-    return DeviceProfile(str(name), threads, affinity, fields["delegate"],
-                         " ".join(description.split()), source)
-
-
-def load_profiles(extra_file=None):
-    """The built-in device profiles, plus (replacing same names) those in `extra_file`.
-
-    Args:
-        extra_file: a JSON file {name: {threads, affinity, delegate,
-            description}} (see the module docstring), or None.
-
-    Returns:
-        {name: DeviceProfile}, built-ins first.
-
-    Raises:
-        BenchmarkError: an unreadable file or an invalid profile.
-    """
-    profiles = dict(PROFILES)
-    if extra_file is None:
-        return profiles
-    path = os.fspath(extra_file)
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except OSError as e:
-        raise BenchmarkError(f"{path}: cannot read the device profile file: "
-                             f"{e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                             f"{e.colno})") from e
-    except UnicodeDecodeError as e:
-        raise BenchmarkError(f"{path}: not a JSON text file (byte {e.start} is not UTF-8); "
-                             "give the device profile JSON file") from e
-    if not isinstance(table, dict) or not table:
-        raise BenchmarkError(f"{path}: expected a JSON object {{name: profile}} with at least "
-                             "one profile")
-    for name, fields in table.items():
-        profiles[name] = _profile_from_dict(name, fields, path)
-    return profiles
-
-
-def format_profiles(profiles):
-    """One block per profile: name, settings, description (for `--list-devices`)."""
-    lines = []
-    for p in profiles.values():
-        if p.affinity is None:
-            affinity = "no pinning"
-        elif isinstance(p.affinity, int):
-            affinity = f"pinned to the first {p.affinity} usable CPU(s)"
-        else:
-            affinity = f"pinned to CPUs {list(p.affinity)}"
-        lines.append(f"{p.name}: {p.threads} thread(s), {affinity}, delegate {p.delegate} "
-                     f"({p.source})\n    {p.description}")
-    lines.append(PHONE_NOTE)
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +232,7 @@ def _child_main(spec_json):
     try:
         result = _measure(**json.loads(spec_json))
     except Exception as e:  # the interpreter raises RuntimeError/ValueError with its reason
-        result = {"error": _one_line(f"{type(e).__name__}: {e}")}
+        result = {"error": child_process.one_line(f"{type(e).__name__}: {e}")}
     sys.stdout.write(_RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
@@ -419,8 +240,8 @@ def _child_main(spec_json):
 
 # `import tfcompress` does not load TensorFlow, so the child is Python + numpy +
 # LiteRT (~40 MB here, not TensorFlow's ~0.5 GB) and starts in ~0.3 s.
-# The folder holding this tflite_export goes first on sys.path, so the child runs
-# this very code whatever its working directory holds.
+# `child_process.python_command` puts the folder holding this tflite_export first on
+# sys.path, so the child runs this very code whatever its working directory holds.
 _CHILD_BOOTSTRAP = (
     "import sys\n"
     "sys.path.insert(0, sys.argv[1])\n"
@@ -428,47 +249,14 @@ _CHILD_BOOTSTRAP = (
     "sys.exit(_child_main(sys.argv[2]))\n")
 
 
-def _one_line(text, limit=400):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _run_process(cmd, timeout_s, cpus=None):
-    """Runs `cmd`; returns (stdout, None) or (None, a one-line error).
-
-    A timeout kills the process; a signal (segfault, abort, OOM kill) and a
-    non-zero exit become errors naming it and the last line of stderr.
-    """
-    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              preexec_fn=preexec)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout_s:g} s and was killed (raise the timeout)"
-    except OSError as e:
-        return None, _one_line(f"cannot start {cmd[0]}: {e.strerror or e}")
-    last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "")
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return None, _one_line(f"the process crashed ({name})" + (f": {last}" if last else ""))
-    if proc.returncode != 0:
-        return None, _one_line(f"the process exited with status {proc.returncode}"
-                               + (f": {last}" if last else ""))
-    return proc.stdout, None
-
 
 def _measure_in_child(path, profile, cpus, settings):
     spec = {"path": os.path.abspath(path), "threads": profile.threads, "cpus": cpus,
             "delegate": profile.delegate, "runs": settings["runs"],
             "min_seconds": settings["min_seconds"], "max_seconds": settings["max_seconds"],
             "warmup": settings["warmup"], "seed": settings["seed"]}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    stdout, error = _run_process(
-        [sys.executable, "-c", _CHILD_BOOTSTRAP, root, json.dumps(spec)],
-        settings["timeout_s"])
+    stdout, error = child_process.run(
+        child_process.python_command(_CHILD_BOOTSTRAP, json.dumps(spec)), settings["timeout_s"])
     if error:
         return {"error": error}
     for line in reversed(stdout.splitlines()):
@@ -509,14 +297,14 @@ def _crosscheck(path, row, timeout_s):
             "--model", os.path.abspath(path), "--num_threads", str(row["threads"]),
             "--num_runs", str(row["runs"]), "--warmup_runs", str(row["warmup_runs"] + 1),
             "--result_json", out]
-        _, error = _run_process(cmd, timeout_s, cpus=row["cpus"])
+        _, error = child_process.run(cmd, timeout_s, cpus=row["cpus"])
         if error:
             return {"error": error}
         try:
             with open(out) as f:
                 latency = json.load(f)["latency"]
         except (OSError, ValueError, KeyError) as e:
-            return {"error": _one_line(f"cannot read litert-benchmark's result: {e}")}
+            return {"error": child_process.one_line(f"cannot read litert-benchmark's result: {e}")}
     theirs = float(latency["median_ms"])
     return {"tool": "litert-benchmark", "command": " ".join(cmd[:1] + cmd[1:-2]),
             "median_ms": theirs, "mean_ms": float(latency["avg_ms"]),
@@ -530,31 +318,18 @@ def _crosscheck(path, row, timeout_s):
 
 def environment():
     """The machine and versions the figures belong to (see the module docstring)."""
-    from importlib import metadata
-
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    machine = host(("ai-edge-litert", "tensorflow"))
     return {
-        "cpu": cpu, "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
-        "python": platform.python_version(), "numpy": np.__version__,
-        "ai_edge_litert": version("ai-edge-litert"), "tensorflow": version("tensorflow"),
+        "cpu": machine["cpu"], "machine": machine["machine"], "system": machine["system"],
+        "logical_cpus": machine["logical_cpus"], "usable_cpus": machine["usable_cpus"],
+        "python": machine["python"], "numpy": np.__version__,
+        "ai_edge_litert": machine["versions"]["ai-edge-litert"],
+        "tensorflow": machine["versions"]["tensorflow"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": PHONE_NOTE,
     }
+
 
 
 def _file_sizes(path):
@@ -563,7 +338,7 @@ def _file_sizes(path):
         data = read_tflite(path)
     except TfliteFileError as e:
         size = os.path.getsize(path) if os.path.isfile(path) else None
-        return size, None, _one_line(e)
+        return size, None, child_process.one_line(e)
     return len(data), len(gzip.compress(data, compresslevel=9, mtime=0)), None
 
 
@@ -691,119 +466,3 @@ def _ratios(rows, baseline):
             "peak_rss_ratio": r["peak_rss_mb"] / b["peak_rss_mb"],
         })
     return ratios
-
-
-# ---------------------------------------------------------------------------
-# Reports
-
-
-def _labels(result):
-    """Short model names: basenames unless two models share one."""
-    models = list(dict.fromkeys(r["model"] for r in result["results"]))
-    names = [os.path.basename(m) for m in models]
-    unique = len(set(names)) == len(names)
-    return {m: (n if unique else m) for m, n in zip(models, names)}
-
-
-def format_markdown(result):
-    """Markdown tables: results, ratios against the baseline, cross-check, failures."""
-    env, label = result["environment"], _labels(result)
-    lines = [f"Host: {env['cpu']}, {len(env['usable_cpus'])} usable of {env['logical_cpus']} "
-             f"logical CPUs, {env['system']}; LiteRT {env['ai_edge_litert']}, Python "
-             f"{env['python']}; load average {env['load_average'][0]} at the start, "
-             f"{env.get('load_average_end', ['-'])[0]} at the end.",
-             "", PHONE_NOTE, ""]
-    busiest = max(env["load_average"][0], env.get("load_average_end", [0])[0])
-    if busiest >= len(env["usable_cpus"]):
-        # Other processes shared these CPUs: medians shift by tens of percent (seen here).
-        lines += [f"Warning: the machine was busy (load average up to {busiest} on "
-                  f"{len(env['usable_cpus'])} CPUs); timings are noisy: repeat the run and "
-                  "compare medians.", ""]
-    lines += ["| model | device | bytes | gzip bytes | load ms | first ms | median ms | p90 ms "
-              "| p99 ms | min ms | std ms | runs | peak RSS MB | load +MB |",
-              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    for r in result["results"]:
-        if r["error"]:
-            continue
-        growth = r["load_rss_growth_mb"]
-        lines.append(
-            f"| {label[r['model']]} | {r['device']} | {r['file_bytes']:,} | {r['gzip_bytes']:,} | "
-            f"{r['load_ms']:.1f} | {r['first_inference_ms']:.2f} | {r['median_ms']:.3f} | "
-            f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['min_ms']:.3f} | {r['std_ms']:.3f} | "
-            f"{r['runs']} | {r['peak_rss_mb']:.1f} | "
-            f"{'-' if growth is None else format(growth, '.1f')} |")
-    if result["ratios"]:
-        lines += ["", f"Against {label[result['settings']['baseline']]} (speedup: baseline "
-                      "median / model median; other columns: model / baseline):", "",
-                  "| model | device | speedup | size | gzip size | peak RSS |",
-                  "|---|---|--:|--:|--:|--:|"]
-        lines += [f"| {label[q['model']]} | {q['device']} | {q['speedup']:.2f}x | "
-                  f"{q['size_ratio']:.2f}x | {q['gzip_size_ratio']:.2f}x | "
-                  f"{q['peak_rss_ratio']:.2f}x |" for q in result["ratios"]]
-    checked = [r for r in result["results"] if r.get("crosscheck")]
-    if checked:
-        lines += ["", "Cross-check with litert-benchmark (same file, CPUs, threads, warm-up and "
-                      "runs; it reports 0.01 ms steps):", "",
-                  "| model | device | our median ms | litert-benchmark median ms | ours/theirs |",
-                  "|---|---|--:|--:|--:|"]
-        for r in checked:
-            c = r["crosscheck"]
-            if "median_ms" in c:
-                ratio = f"{c['median_ratio']:.3f}" if c["median_ratio"] else "-"
-                lines.append(f"| {label[r['model']]} | {r['device']} | {r['median_ms']:.3f} | "
-                             f"{c['median_ms']:.2f} | {ratio} |")
-            else:
-                lines.append(f"| {label[r['model']]} | {r['device']} | {r['median_ms']:.3f} | "
-                             f"{c.get('error') or c.get('skipped')} | - |")
-    failed = {}  # (model, error) -> devices: a bad file fails the same way on every device
-    for r in result["results"]:
-        if r["error"]:
-            failed.setdefault((r["model"], r["error"]), []).append(r["device"])
-    if failed:
-        lines += ["", "Failed:", ""]
-        lines += [f"- {label[model]} on {', '.join(devices)}: {error}"
-                  for (model, error), devices in failed.items()]
-    return "\n".join(lines)
-
-
-def plot(result, path):
-    """Median latency against file size, one series per device, as a PNG.
-
-    Returns:
-        `path`, or None when matplotlib is not installed or nothing ran.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    import io
-    from tfcompress.saving import write_bytes_atomic
-    rows = [r for r in result["results"] if not r["error"]]
-    if not rows:
-        return None
-    label = _labels(result)
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)  # no pyplot: no global backend state, no display needed
-    axes = figure.add_subplot()
-    for device in dict.fromkeys(r["device"] for r in rows):
-        mine = [r for r in rows if r["device"] == device]
-        axes.scatter([r["file_bytes"] / 1024 for r in mine], [r["median_ms"] for r in mine],
-                     label=device)
-        for r in mine:
-            axes.annotate(label[r["model"]], (r["file_bytes"] / 1024, r["median_ms"]),
-                          fontsize=7, xytext=(4, 4), textcoords="offset points")
-    axes.set_xlabel("file size (KiB)")
-    axes.set_ylabel("median latency (ms)")
-    axes.set_title(f"TFLite on {result['environment']['cpu']} (host CPU, not a phone)",
-                   fontsize=9)
-    # Room on the right and top for the labels of the largest and slowest models.
-    axes.set_xlim(0, 1.3 * max(r["file_bytes"] for r in rows) / 1024)
-    axes.set_ylim(0, 1.15 * max(r["median_ms"] for r in rows))
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path

@@ -1,12 +1,13 @@
 """Keras model -> TFLite flatbuffer, in every mobile format.
 
-Modes:
-    float32    plain float model
-    float16    float16 weights (half the bytes); runs as float32 on CPUs
-    dynamic    int8 weights, float activations (dynamic-range quantization)
-    int8       int8 weights and activations, float input/output (float ops may remain)
-    int8_full  int8 everywhere, int8 input/output, TFLITE_BUILTINS_INT8 only (Edge TPU, MCUs)
-    int16x8    int16 activations, int8 weights (not delegated to XNNPACK: slower)
+Each export mode is one row of converter settings in `MODES` (an `ExportMode`:
+name, one-line description, optimizations, supported types and ops, whether it
+needs calibration data, integer input/output); `convert` applies the row.
+`MODE_NAMES` lists them in order: float32, float16, dynamic, int8, int8_full
+(int8 everywhere, for the Edge TPU and MCUs), int16x8.
+
+Importing this module does not import TensorFlow (recipe validation reads the
+table); `convert` does.
 
 `from_keras_model` leaves the batch dimension dynamic (-1), which the Edge TPU
 compiler and many mobile runtimes reject; we trace the model with a fixed batch
@@ -15,20 +16,77 @@ size instead and convert that concrete function.
 Example:
     tflite_bytes = convert(model, "int8_full", representative_data=x_train[:200])
     write_tflite(tflite_bytes, "model_int8.tflite")
+    MODES["int8_full"].description       # one line, for help texts
 """
 
+import dataclasses
 import os
 
 import numpy as np
 
 from tfcompress.checks import check_finite_weights
 from tfcompress.errors import TfcompressError
-from tfcompress.keras import ensure_tf_keras_model, tf
-from tfcompress.saving import load_model, write_bytes_atomic
 
-MODES = ("float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
-NEEDS_CALIBRATION = ("int8", "int8_full", "int16x8")
-QUANTIZED_MODES = ("float16", "dynamic", "int8", "int8_full", "int16x8")
+
+@dataclasses.dataclass(frozen=True)
+class ExportMode:
+    """One export mode: the converter settings `convert` applies, by name.
+
+    TensorFlow names are kept as strings (resolved when converting), so the
+    table is readable without importing TensorFlow.
+
+    Attributes:
+        name: the mode's name ("int8_full").
+        description: one line saying what the file holds and where it runs.
+        optimizations: `tf.lite.Optimize` members ("DEFAULT",).
+        supported_types: `target_spec.supported_types`, as tf dtype names ("float16",).
+        supported_ops: `target_spec.supported_ops`, as `tf.lite.OpsSet` members.
+        needs_calibration: needs `representative_data` (activation ranges).
+        io_type: the integer input/output type ("int8"), or None for float I/O.
+        qat_ranges: a quantization-aware model brings its own ranges: it needs
+            no calibration, and any given is ignored (it would override them).
+        full_integer: no float tensor may remain. For a QAT model, which cannot
+            take `supported_ops` (the converter would then demand calibration
+            data), this is checked after conversion instead.
+        sparse: may store pruned weights sparse (EXPERIMENTAL_SPARSITY).
+    """
+    name: str
+    description: str
+    optimizations: tuple = ()
+    supported_types: tuple = ()
+    supported_ops: tuple = ()
+    needs_calibration: bool = False
+    io_type: str = None
+    qat_ranges: bool = False
+    full_integer: bool = False
+    sparse: bool = False
+
+    @property
+    def quantized(self):
+        """True when the converter quantizes anything (every mode but float32)."""
+        return bool(self.optimizations)
+
+
+MODES = {m.name: m for m in (
+    ExportMode("float32", "plain float model", sparse=True),
+    ExportMode("float16", "float16 weights (half the bytes); runs as float32 on CPUs",
+               optimizations=("DEFAULT",), supported_types=("float16",)),
+    ExportMode("dynamic", "int8 weights, float activations (dynamic-range quantization)",
+               optimizations=("DEFAULT",)),
+    ExportMode("int8", "int8 weights and activations, float input/output (float ops may "
+               "remain)", optimizations=("DEFAULT",), needs_calibration=True, qat_ranges=True),
+    ExportMode("int8_full", "int8 everywhere, int8 input/output, TFLITE_BUILTINS_INT8 only "
+               "(Edge TPU, MCUs)", optimizations=("DEFAULT",),
+               supported_ops=("TFLITE_BUILTINS_INT8",), needs_calibration=True, io_type="int8",
+               qat_ranges=True, full_integer=True),
+    ExportMode("int16x8", "int16 activations, int8 weights (not delegated to XNNPACK: slower)",
+               optimizations=("DEFAULT",),
+               supported_ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",),
+               needs_calibration=True),
+)}
+MODE_NAMES = tuple(MODES)
+NEEDS_CALIBRATION = tuple(m.name for m in MODES.values() if m.needs_calibration)
+QUANTIZED_MODES = tuple(m.name for m in MODES.values() if m.quantized)
 
 
 class ExportError(TfcompressError, ValueError):
@@ -36,12 +94,18 @@ class ExportError(TfcompressError, ValueError):
 
 
 def is_qat_model(model):
-    """True when `model` holds TFMOT quantization-aware wrappers (quantize_model)."""
-    return any(type(layer).__module__.startswith("tensorflow_model_optimization")
-               and "Quantize" in type(layer).__name__ for layer in model.layers)
+    """True when `model` holds TFMOT quantization-aware wrappers (quantize_model).
+
+    The same test as `tfcompress.quantization.is_qat_model` (imported here on
+    first use: it loads TFMOT).
+    """
+    from tfcompress.quantization import is_qat_model as holds_quantize_wrappers
+    return holds_quantize_wrappers(model)
 
 
-def _fixed_batch_function(model, batch_size):
+def fixed_batch_function(model, batch_size):
+    """The model traced as a tf.function whose inputs have a fixed batch dimension."""
+    from tfcompress.keras import tf
     specs = [tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0])
              for t in model.inputs]
 
@@ -55,6 +119,7 @@ def _fixed_batch_function(model, batch_size):
 def _samples(representative_data):
     """Yields single samples (a list of arrays, one per input) from arrays, a
     tf.data.Dataset, a generator or a callable returning one."""
+    from tfcompress.keras import tf
     data = representative_data
     if callable(data) and not isinstance(data, tf.data.Dataset):
         data = data()
@@ -77,7 +142,7 @@ def _samples(representative_data):
         yield [np.asarray(a) for a in (item if isinstance(item, list) else [item])]
 
 
-def _representative_dataset(representative_data, model, batch_size):
+def representative_dataset(representative_data, model, batch_size):
     """A converter `representative_dataset` that checks each sample's shape.
 
     Samples may come with or without a leading batch axis of 1.
@@ -121,7 +186,7 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
     Args:
         model_or_path: a tf_keras Model (plain, stripped or QAT) or a path
             `tfcompress.load_model` reads.
-        mode: one of MODES.
+        mode: one of MODE_NAMES (the settings are its row in MODES).
         representative_data: calibration samples for int8, int8_full and
             int16x8: an array (N, ...), a list of arrays (one per input), a
             tf.data.Dataset, or a generator (or callable) yielding samples or
@@ -142,26 +207,33 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
     """
     if mode not in MODES:
         raise ExportError(f"unknown TFLite mode {mode!r}; choose one of {', '.join(MODES)}")
+    row = MODES[mode]
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if sparse and mode != "float32":
+    if sparse and not row.sparse:
         raise ExportError(
             f"sparse=True is only for float32: a sparse {mode} model fails to prepare under "
             "XNNPACK, the default CPU delegate on phones; export it dense, or use float32 sparse")
+    from tfcompress.keras import ensure_tf_keras_model, tf
     if isinstance(model_or_path, (str, os.PathLike)):
+        from tfcompress.saving import load_model
         model = load_model(model_or_path, compile=False)
     else:
         model = ensure_tf_keras_model(model_or_path)
     # The converter copies NaN/Inf weights into the file without a word.
     check_finite_weights(model, "the model to convert")
-    qat = is_qat_model(model)
-    if mode in NEEDS_CALIBRATION and representative_data is None and not (
-            qat and mode in ("int8", "int8_full")):
+    # A QAT model quantizes with the ranges it learned. Any representative_dataset
+    # makes the converter calibrate it again, overriding them, so none is given;
+    # and setting TFLITE_BUILTINS_INT8 makes it demand one (its pre-conversion
+    # check cannot see the model's fake-quant ops yet), so for QAT int8_full the
+    # full-integer result is checked after conversion instead.
+    learned_ranges = row.qat_ranges and is_qat_model(model)
+    if row.needs_calibration and representative_data is None and not learned_ranges:
         raise ExportError(f"mode {mode} needs representative_data (about 100-500 training "
                           "samples) to calibrate activation ranges; pass representative_data= "
                           "(CLI: --calibration DATA), or train quantization-aware first")
 
-    fn = _fixed_batch_function(model, batch_size)
+    fn = fixed_batch_function(model, batch_size)
     # The converter saves its trackable object as a SavedModel first. Handing it the
     # Keras model makes Keras trace every layer (30 s for MobileNetV2 here); a bare
     # tf.Module holding the variables and the function gives the same bytes and
@@ -170,29 +242,20 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
     holder.model_variables = list(model.variables)
     holder.serve = fn
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder)
-    if mode != "float32" or sparse:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if sparse:
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    # A QAT model quantizes with the ranges it learned. Any representative_dataset
-    # makes the converter calibrate it again, overriding them, so none is given;
-    # and setting TFLITE_BUILTINS_INT8 makes it demand one (its pre-conversion
-    # check cannot see the model's fake-quant ops yet), so for QAT int8_full the
-    # full-integer result is checked after conversion instead.
-    qat_int8 = qat and mode in ("int8", "int8_full")
-    if mode in NEEDS_CALIBRATION and representative_data is not None and not qat_int8:
-        converter.representative_dataset = _representative_dataset(
+    optimizations = ("EXPERIMENTAL_SPARSITY",) if sparse else row.optimizations
+    if optimizations:
+        converter.optimizations = [getattr(tf.lite.Optimize, o) for o in optimizations]
+    if row.supported_types:
+        converter.target_spec.supported_types = [getattr(tf, t) for t in row.supported_types]
+    if row.supported_ops and not learned_ranges:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o)
+                                               for o in row.supported_ops]
+    if row.needs_calibration and representative_data is not None and not learned_ranges:
+        converter.representative_dataset = representative_dataset(
             representative_data, model, batch_size)
-    if mode == "int8_full":
-        if not qat_int8:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    if mode == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    if row.io_type:
+        converter.inference_input_type = getattr(tf, row.io_type)
+        converter.inference_output_type = getattr(tf, row.io_type)
     try:
         result = converter.convert()
     except ExportError:
@@ -200,7 +263,7 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
     except Exception as e:  # ConverterError and friends: keep the converter's reason.
         reason = " ".join(str(e).split())
         raise ExportError(f"{mode} conversion of {model.name} failed: {reason[:600]}") from e
-    if qat_int8 and mode == "int8_full":
+    if learned_ranges and row.full_integer:
         _check_full_integer(result, model)
     return result
 
@@ -225,6 +288,7 @@ def write_tflite(tflite_bytes, path):
     """Writes a flatbuffer atomically (temp file + rename): never a partial file."""
     if not isinstance(tflite_bytes, (bytes, bytearray)) or tflite_bytes[4:8] != b"TFL3":
         raise ExportError(f"refusing to write {path}: not a TFLite flatbuffer")
+    from tfcompress.saving import write_bytes_atomic
     return write_bytes_atomic(path, tflite_bytes)
 
 
@@ -251,16 +315,18 @@ def export(model_or_path, modes, out_dir, representative_data=None, batch_size=1
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"output folder {out_dir} is a file; give a folder (CLI: --out DIR)")
     if isinstance(model_or_path, (str, os.PathLike)):
+        from tfcompress.saving import load_model
         name = name or os.path.splitext(os.path.basename(os.path.normpath(model_or_path)))[0]
         model = load_model(model_or_path, compile=False)
     else:
+        from tfcompress.keras import ensure_tf_keras_model
         model = ensure_tf_keras_model(model_or_path)
         name = name or model.name
     results = {}
     for mode in modes:
         log(f"converting {name} to {mode} ...")
         results[mode] = convert(model, mode, representative_data=representative_data,
-                                batch_size=batch_size, sparse=sparse and mode == "float32")
+                                batch_size=batch_size, sparse=sparse and MODES[mode].sparse)
     paths = {}
     for mode, data in results.items():
         paths[mode] = write_tflite(data, os.path.join(out_dir, f"{name}_{mode}.tflite"))

@@ -27,17 +27,13 @@ import collections
 import hashlib
 import json
 import os
-import select
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 
 from ai_edge_litert import schema_py_generated as schema
 
 from tfcompress.errors import TfcompressError
+from tflite_export import child_process
 
 
 class TfliteFileError(TfcompressError, ValueError):
@@ -105,6 +101,33 @@ def _fill_empty_lists(model):
                     setattr(op, name, [])
 
 
+def _enum_names(enum_class):
+    return {v: k for k, v in vars(enum_class).items() if not k.startswith("_")}
+
+
+# The schema's enums by number, the one table of their names: 3 -> "CONV_2D", 9 -> "INT8".
+OP_NAMES = _enum_names(schema.BuiltinOperator)
+TENSOR_TYPE_NAMES = _enum_names(schema.TensorType)
+
+
+def op_name(model, op):
+    """The name of `op` in `model` (a parsed ModelT): "CONV_2D", or a custom op's code."""
+    code = model.operatorCodes[op.opcodeIndex]
+    # Files written before op codes went past 127 keep the code only in the deprecated
+    # int8 field (builtinCode reads 0 = ADD); newer files keep 127 there and the real code
+    # in builtinCode. The larger of the two is right for both.
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.customCode
+        return custom.decode() if isinstance(custom, bytes) else str(custom)
+    return OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def tensor_type_name(tensor):
+    """The name of a tensor's type: "INT8", "FLOAT32", ... ("TYPE_N" for an unknown one)."""
+    return TENSOR_TYPE_NAMES.get(tensor.type, f"TYPE_{tensor.type}")
+
+
 # Bits per element of the fixed-size tensor types; STRING, RESOURCE and VARIANT have none.
 _BITS = {schema.TensorType.FLOAT32: 32, schema.TensorType.FLOAT16: 16,
          schema.TensorType.INT32: 32, schema.TensorType.UINT8: 8, schema.TensorType.INT64: 64,
@@ -116,7 +139,7 @@ _BITS = {schema.TensorType.FLOAT32: 32, schema.TensorType.FLOAT16: 16,
          schema.TensorType.BFLOAT16: 16, schema.TensorType.INT2: 2,
          schema.TensorType.UINT4: 4, schema.TensorType.FLOAT8_E4M3FN: 8,
          schema.TensorType.FLOAT8_E5M2: 8}
-_KNOWN_TYPES = {v for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_KNOWN_TYPES = set(TENSOR_TYPE_NAMES)
 # TFLite sizes tensors with int; a larger one is corruption, not a mobile model.
 MAX_TENSOR_BYTES = 2 ** 31 - 1
 
@@ -285,57 +308,30 @@ def _probe_worker_main():
         replies.flush()
 
 
-class _ProbeProcess:
+class _ProbeProcess(child_process.PythonChild):
     """One long-lived probe process; replaced after a crash or a timeout."""
 
     def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.stderr = tempfile.TemporaryFile()  # a pipe nobody reads would fill up
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_BOOTSTRAP, root],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
+        super().__init__(_PROBE_BOOTSTRAP)
 
     def ask(self, data, threads, xnnpack, timeout_s):
         """Returns ("ok"|"error"|"crash"|"timeout", reason)."""
         header = json.dumps({"size": len(data), "threads": threads, "xnnpack": xnnpack})
-        try:
-            self.proc.stdin.write(header.encode() + b"\n" + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
+        if not self.send(header.encode() + b"\n" + data):
             return self._died()
-        fd, reply, deadline = self.proc.stdout.fileno(), b"", time.monotonic() + timeout_s
-        while not reply.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self.close()
-                return "timeout", f"it did not load and run once within {timeout_s:g} s"
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return self._died()
-            reply += chunk
+        reply = self.read_line(timeout_s)
+        if reply == "timeout":
+            self.close()
+            return "timeout", f"it did not load and run once within {timeout_s:g} s"
+        if reply is None:
+            return self._died()
         answer = json.loads(reply)
         return ("ok", None) if answer.get("ok") else ("error", answer["error"])
 
     def _died(self):
-        code = self.proc.wait()
-        name = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() \
-            else f"exit status {code}"
-        self.stderr.seek(0)
-        last = next((line for line in reversed(self.stderr.read().decode(errors="replace")
-                                                .splitlines()) if line.strip()), "")
-        self.close()
+        name, last = self.death()
         return "crash", f"the interpreter crashed on it ({name})" + (
             f": {' '.join(last.split())[:200]}" if last else "")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
 
 
 _probe_lock = threading.Lock()

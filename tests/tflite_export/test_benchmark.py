@@ -14,7 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 import models
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import keras
-from tflite_export import benchmark
+from tflite_export import benchmark, child_process
 from tflite_export.convert import convert
 
 FAST = dict(runs=20, min_seconds=0.0, warmup=2, log=None)
@@ -150,14 +150,14 @@ def test_baseline_outside_paths_runs_first(files):
 
 
 def test_crash_timeout_and_exit_status_become_errors():
-    out, error = benchmark._run_process([sys.executable, "-c", "import os; os.abort()"], 30)
+    out, error = child_process.run([sys.executable, "-c", "import os; os.abort()"], 30)
     assert out is None and "crashed (SIGABRT)" in error
-    out, error = benchmark._run_process([sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
+    out, error = child_process.run([sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
     assert out is None and "timed out after 0.5 s" in error
-    out, error = benchmark._run_process(
+    out, error = child_process.run(
         [sys.executable, "-c", "import sys; print('x\\nboom', file=sys.stderr); sys.exit(3)"], 30)
     assert out is None and error == "the process exited with status 3: boom"
-    out, error = benchmark._run_process([sys.executable, "-c", "print('fine')"], 30)
+    out, error = child_process.run([sys.executable, "-c", "print('fine')"], 30)
     assert out == "fine\n" and error is None
 
 
