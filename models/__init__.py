@@ -30,19 +30,28 @@ def list_models():
     return sorted(MODELS)
 
 
+def options_of(name):
+    """The options zoo model `name`'s builder takes (besides input_shape, num_classes)."""
+    return [p for p in inspect.signature(MODELS[name]).parameters
+            if p not in ("input_shape", "num_classes")]
+
+
+def check_options(name, options):
+    """Raises ValueError for an unknown model `name` or an option its builder does not take."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    valid = options_of(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; "
+                         f"its options are {', '.join(valid)}")
+
+
 def get_model(name, input_shape, num_classes, **options):
     """Builds zoo model `name` for `input_shape` and `num_classes`.
 
     Raises:
         ValueError: unknown name, or an option the builder does not take.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    builder = MODELS[name]
-    valid = [p for p in inspect.signature(builder).parameters
-             if p not in ("input_shape", "num_classes")]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; "
-                         f"its options are {', '.join(valid)}")
-    return builder(tuple(input_shape), int(num_classes), **options)
+    check_options(name, options)
+    return MODELS[name](tuple(input_shape), int(num_classes), **options)

@@ -27,7 +27,6 @@ Example:
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import typing
@@ -104,8 +103,7 @@ class ModelSpec:
                               f"{', '.join(models.list_models())}")
         if self.model:
             # Checked now: a student's options are otherwise read only after the teacher trained.
-            valid = [p for p in inspect.signature(models.MODELS[self.model]).parameters
-                     if p not in ("input_shape", "num_classes")]
+            valid = models.options_of(self.model)
             unknown = sorted(set(self.options) - set(valid))
             if unknown:
                 raise RecipeError(f"{where}.options: zoo model {self.model!r} has no option "

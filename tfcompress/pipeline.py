@@ -161,7 +161,8 @@ def load_data(recipe):
     return ds, x, y
 
 
-def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=False):
+def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=False,
+        measure=True, callbacks=(), tensorboard_dir=None, data=None):
     """Runs `recipe` into `out_dir` (see the module docstring); returns the report dict.
 
     `allow_unsafe` loads a teacher file that holds code (Lambda layers...), and the
@@ -169,6 +170,14 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
     A float input model at chance on the data stops the run before any work
     (`heads.check_above_chance`, unless `recipe.chance_check` is False); an error
     inside Keras/TF is one `StageError` line naming the stage and its model file.
+
+    The training binary (`models/train.py`) runs its phases through here with
+    `measure=False`: no export, evaluation, benchmark or report; it returns
+    {"stages": [{"name", "kind", "dir", "info", "reused"}], "model": the last stage's
+    model (or a SavedStageModel), "data": (ds, x_train, y_train), "chief": bool}.
+    `callbacks` are extra Keras callbacks of every stage; `tensorboard_dir` adds a
+    TensorBoard callback writing to `tensorboard_dir/KIND` (the train stage's to
+    `tensorboard_dir` itself); `data` is an already loaded (ds, x_train, y_train).
     """
     from tfcompress import report as report_lib
     from tfcompress import variants as variants_lib
@@ -183,7 +192,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
     out = distribute.write_dir(out_dir)
     os.makedirs(out, exist_ok=True)
     write_json_atomic(os.path.join(out, "recipe.json"), recipe.to_dict())
-    ds, x_train, y_train = load_data(recipe)
+    ds, x_train, y_train = data or load_data(recipe)
     log(f"recipe {recipe.name}: {ds.summary()}; {len(x_train)} training samples; "
         f"stages: {', '.join(s.kind for s in recipe.stages) or 'none'}; out {out_dir}")
     if distributed:
@@ -194,7 +203,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
     steps = _stage_dirs(recipe)
     # `model` is the last stage's model, or a SavedStageModel for a finished stage:
     # loaded only when a later stage trains on it or its variants are rebuilt.
-    model, rerun_rest, kinds_done = None, force, []
+    model, rerun_rest, kinds_done, ran = None, force, [], []
     model_file = None  # the file of `model`: what an error inside the next stage names
     first = None  # the first stage's model: the teacher of stages with distill: true
     for n, (index, kind, name) in enumerate(steps, start=1):
@@ -210,6 +219,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
             log(f"[{n}/{len(steps)}] {name}: done in an earlier run, reusing {stage_dir}")
             model = SavedStageModel(stage_dir, kind, allow_unsafe)
             model_file = model.path
+            info = _read_json(os.path.join(stage_dir, "metrics.json")) or {}
         else:
             pending = _read_json(os.path.join(write_dir, "pending.json"))
             if rerun_rest or (pending or {}).get("hash") != stage_hash:
@@ -224,9 +234,14 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
             try:
                 with stage_errors(name, source):
                     model = model.load() if isinstance(model, SavedStageModel) else model
+                    extra = list(callbacks)
+                    if tensorboard_dir and kind != "input":
+                        extra.append(keras.callbacks.TensorBoard(
+                            tensorboard_dir if kind == "train" else
+                            os.path.join(tensorboard_dir, kind), update_freq="epoch"))
                     model, info = _run_one(recipe, index, kind, model, ds, x_train, y_train,
                                            stage_dir, kinds_done, log, verbose, first, strategy,
-                                           allow_unsafe)
+                                           allow_unsafe, tuple(extra))
             except BaseException:
                 if kind == "input":  # nothing to resume: leave no half-made stage behind
                     shutil.rmtree(write_dir, ignore_errors=True)
@@ -249,7 +264,11 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
             log(f"[{n}/{len(steps)}] {name}: {done} in {time.time() - t0:.0f} s, Keras test "
                 f"accuracy {info['keras_test_accuracy']:.4f}")
         kinds_done.append(kind)
+        ran.append({"name": name, "kind": kind, "dir": stage_dir, "info": info,
+                    "reused": reuse})
         first = first or SavedStageModel(stage_dir, kind, allow_unsafe)
+        if not measure:
+            continue
         modes = recipe.stage_modes(index) if index >= 0 else list(recipe.export.modes)
         # Exports, accuracies and timings depend on the model and on these settings.
         variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
@@ -261,6 +280,8 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
                                             ds, calibration, force=rerun_rest, log=log)
         log(f"[{n}/{len(steps)}] {name}: finished in {time.time() - t0:.0f} s")
     distribute.sync_from_chief(strategy)  # the other workers wait for the chief to finish
+    if not measure:
+        return {"stages": ran, "model": model, "data": (ds, x_train, y_train), "chief": chief}
     if not chief:
         log(f"pipeline finished in {time.time() - start:.0f} s on {distribute.task_label()}; "
             f"the chief wrote {out_dir}")
@@ -273,10 +294,11 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
 
 
 def _run_one(recipe, index, kind, model, ds, x_train, y_train, stage_dir, kinds_done, log,
-             verbose, first, strategy=None, allow_unsafe=False):
+             verbose, first, strategy=None, allow_unsafe=False, callbacks=()):
     ctx = stages_lib.StageContext(
         x_train, y_train, ds.x_test, ds.y_test, work_dir=stage_dir, seed=recipe.seed,
         verbose=verbose, log=log, strategy=strategy, earlier_stages=tuple(kinds_done),
+        callbacks=callbacks,
         student_builder=lambda: _build(recipe.student, ds, "student", allow_unsafe),
         teacher_builder=first.load if first else None)
     if kind == "input":

@@ -206,7 +206,7 @@ def test_multi_worker_training_binary_resumes_after_a_kill(files, tmp_path):
     env.pop("TF_CONFIG", None)
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = model_dir / "backup" / "chief" / "checkpoint"
+    checkpoint = model_dir / "01-train" / "backup" / "chief" / "checkpoint"
     deadline = time.time() + 600
     while not checkpoint.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)

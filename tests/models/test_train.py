@@ -47,7 +47,7 @@ def test_binary_end_to_end_on_fashion_mnist_subset(tmp_path, fashion_mnist):
     pred = model.predict(fashion_mnist.x_test, batch_size=512, verbose=0).argmax(1)
     assert abs(np.mean(pred == fashion_mnist.y_test) - metrics["test_accuracy"]) < 1e-6
     assert os.listdir(model_dir / "logs")  # TensorBoard event files
-    assert not (model_dir / "backup").exists()  # removed after a finished run
+    assert not (model_dir / "01-train" / "backup").exists()  # removed after a finished run
 
 
 def test_interrupted_training_resumes_from_backup(tmp_path, tiny_npz):
@@ -60,12 +60,12 @@ def test_interrupted_training_resumes_from_backup(tmp_path, tiny_npz):
                          epochs=4, batch_size=32, model_dir=str(tmp_path / "run"), verbose=0)
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[Interrupt()])
-    assert (tmp_path / "run" / "backup").is_dir()
+    assert (tmp_path / "run" / "01-train" / "backup").is_dir()
     assert not (tmp_path / "run" / "model.keras").exists()
     result = train(config)
     # Epochs 0 and 1 were backed up; only epochs 2 and 3 run again.
     assert result.metrics["epochs_run_this_time"] == 2
-    assert not (tmp_path / "run" / "backup").exists()
+    assert not (tmp_path / "run" / "01-train" / "backup").exists()
 
 
 def test_binary_resumes_after_sigkill(tmp_path, tiny_npz):
@@ -76,7 +76,7 @@ def test_binary_resumes_after_sigkill(tmp_path, tiny_npz):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        backup = model_dir / "backup"
+        backup = model_dir / "01-train" / "backup"
         if any(files for _, _, files in os.walk(backup)):  # first epoch's checkpoint
             break
         time.sleep(0.2)
@@ -159,10 +159,16 @@ def test_dense_phase_is_reused_only_with_the_same_settings(tmp_path, tiny_npz):
              f"--model_dir={tmp_path / 'run'}"]
     first = _binary(*flags)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert json.loads((tmp_path / "run" / "dense.json").read_text())["key"]["learning_rate"] == 2e-3
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert recipe["stages"][0]["train"]["learning_rate"] == 2e-3
     # Another learning rate: the saved dense model is not this run's, so it is retrained.
     other = _binary(*flags, "--learning_rate=0.01")
     assert other.returncode == 0, other.stderr[-2000:]
-    assert "training the dense phase again" in other.stdout
-    assert "dense phase already done" not in other.stdout
-    assert json.loads((tmp_path / "run" / "dense.json").read_text())["key"]["learning_rate"] == 0.01
+    assert "01-train: running" in other.stdout
+    assert "01-train: done in an earlier run" not in other.stdout
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert recipe["stages"][0]["train"]["learning_rate"] == 0.01
+    # The same settings again: the dense phase (the pipeline's manifest) is reused.
+    again = _binary(*flags, "--learning_rate=0.01")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "01-train: done in an earlier run" in again.stdout

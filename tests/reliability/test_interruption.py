@@ -198,9 +198,9 @@ def train_reference(npz_data, tmp_path_factory):
 def _train_trial(npz_data, train_reference, tmp_path, trial):
     ref, seconds = train_reference
     out = str(tmp_path / "train")
-    delay, after = _kill_point(seconds, trial, [os.path.join(out, "backup", "**", "checkpoint"),
-                                                os.path.join(out, "backup-prune", "**",
-                                                             "checkpoint")])
+    delay, after = _kill_point(seconds, trial, [
+        os.path.join(out, "01-train", "backup", "**", "checkpoint"),
+        os.path.join(out, "02-prune", "backup", "**", "checkpoint")])
     _kill_check_rerun("train", _train_cmd(npz_data, out), out, trial, delay, after)
     _assert_same_weights(os.path.join(ref, "model.keras"), os.path.join(out, "model.keras"))
     with open(os.path.join(ref, "metrics.json")) as f:
@@ -293,7 +293,7 @@ def _export_cmd(model, data, out):
 
 @pytest.fixture(scope="module")
 def export_reference(npz_data, train_reference, tmp_path_factory):
-    model = os.path.join(train_reference[0], "dense.keras")
+    model = os.path.join(train_reference[0], "01-train", "model.keras")  # the dense phase
     out = str(tmp_path_factory.mktemp("export_ref"))
     seconds = _run(_export_cmd(model, npz_data, out))
     return model, out, seconds

@@ -379,7 +379,7 @@ def test_qat_model_round_trips_through_keras_and_h5_files(tmp_path):
 @pytest.mark.slow
 def test_qat_int8_is_within_half_a_point_of_float_on_fashion_mnist(tmp_path, fashion_mnist):
     """Issue 5's quality bar, through the interpreter on all 10,000 test images (~10 min)."""
-    from models import bench_qat
+    from benchmarks import bench_qat
     from models.train_lib import TrainConfig, train
     baseline = train(TrainConfig(model="small_cnn", epochs=5, model_dir=str(tmp_path / "float"),
                                  verbose=0), dataset=fashion_mnist)

@@ -61,7 +61,8 @@ def with_teacher(model, settings, ctx):
 
 
 def fit(model, ctx, epochs, batch_size, callbacks=()):
-    """`model.fit` with resume: returns {"epochs", "train_seconds", "history"}.
+    """`model.fit` with resume: returns {"epochs", "epochs_run", "train_seconds", "history"}
+    (`epochs_run`: the epochs this call trained; fewer after a resume).
 
     The backup in `ctx.work_dir/backup` is the resume point; a run killed and
     rerun ends with the same weights as one never killed (`tfcompress.resume`).
@@ -75,7 +76,8 @@ def fit(model, ctx, epochs, batch_size, callbacks=()):
                                    seed=ctx.seed, callbacks=[*callbacks, *ctx.callbacks],
                                    verbose=_verbosity(ctx))
     seconds = time.time() - start
-    return {"epochs": epochs, "train_seconds": round(seconds, 2),
+    return {"epochs": epochs, "epochs_run": len(history.epoch),
+            "train_seconds": round(seconds, 2),
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
 
 
