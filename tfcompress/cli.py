@@ -17,12 +17,14 @@ Example:
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 import tfcompress
 from tfcompress.errors import run_cli
+from tflite_export.convert import MODES  # TF-free: the table of export modes
 
 
 def _train(flags):
@@ -136,6 +138,18 @@ def _sparsity(args):
     return 0
 
 
+def _stages(args):
+    from tfcompress import stages
+    for kind in stages.kinds():
+        cls = stages.get(kind)
+        print(f"{kind:14s} {cls.summary()}")
+        for field in dataclasses.fields(cls):
+            default = field.default_factory() if field.default_factory is not \
+                dataclasses.MISSING else field.default
+            print(f"{'':14s}   {field.name} (default {default!r})")
+    return 0
+
+
 def _recipes(args):
     from tfcompress.config import list_recipes
     for name, description in list_recipes().items():
@@ -237,9 +251,9 @@ def build_parser():
 
     p = sub.add_parser("export", help="convert a Keras model to .tflite files")
     p.add_argument("model", help=".keras, .h5 or SavedModel directory")
-    p.add_argument("--mode", action="append",
-                   help="float32, float16, dynamic, int8, int8_full or int16x8; repeat for "
-                        "several (default float32)")
+    p.add_argument("--mode", action="append", metavar="MODE",
+                   help="repeat for several (default float32): " + "; ".join(
+                       f"{m.name}: {m.description}" for m in MODES.values()))
     p.add_argument("--calibration", metavar="DATA",
                    help="dataset spec whose training split calibrates int8/int16x8 modes "
                         "(fashion_mnist, npz:PATH, ...)")
@@ -279,6 +293,9 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _trust_flags(p)
     p.set_defaults(func=_sparsity)
+    p = sub.add_parser("stages", help="list the stage kinds a recipe can use, with their keys")
+    p.set_defaults(func=_stages)
+
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.set_defaults(func=_recipes)
 

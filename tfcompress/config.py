@@ -34,13 +34,14 @@ from typing import Optional
 
 from tfcompress import stages as stages_lib
 from tfcompress.stages import number_in
+# The export modes: the rows of tflite_export.convert.MODES (a TF-free import).
+from tflite_export.convert import MODE_NAMES as EXPORT_MODES
 from tfcompress.errors import RecipeError, TfcompressError
 # Each stage kind's settings class (the registry: tfcompress.stages).
 from tfcompress.stages import (ChannelPruneStage, ClusterStage, DistillStage,  # noqa: F401
                                LowRankStage, PruneStage, QATStage, TrainStage)
 
 RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
-EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
 
 
 # ----------------------------------------------------------------------------- sections

@@ -24,7 +24,7 @@ import pkgutil
 
 from tfcompress.errors import RecipeError
 from tfcompress.stages.base import (Distilling, SoftTargets, StageSettings, Training, get,
-                                    kinds, number_in, one_of, register)
+                                    kinds, markdown_table, number_in, one_of, register)
 from tfcompress.stages.context import (StageContext, fit, keras_accuracy, run_stage,
                                        steps_per_epoch, with_teacher)
 from tfcompress.training import compile_for_training
@@ -43,7 +43,7 @@ from tfcompress.stages.prune import PruneStage  # noqa: E402
 from tfcompress.stages.qat import QATStage, qat_scheme  # noqa: E402
 from tfcompress.stages.train import TrainStage  # noqa: E402
 
-__all__ = ["StageSettings", "Training", "SoftTargets", "Distilling", "register", "get", "kinds",
+__all__ = ["StageSettings", "Training", "SoftTargets", "Distilling", "register", "get", "kinds", "markdown_table",
            "number_in", "one_of", "RecipeError", "StageContext", "run_stage", "fit",
            "keras_accuracy", "steps_per_epoch", "with_teacher", "compile_for_training",
            "qat_scheme", "TrainStage", "DistillStage", "PruneStage", "ChannelPruneStage",

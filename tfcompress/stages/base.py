@@ -142,3 +142,22 @@ class SoftTargets(Training):
 class Distilling(SoftTargets):
     """A stage that may train against the teacher's soft targets too (`distill: true`)."""
     distill: bool = False
+
+
+def markdown_table():
+    """The registered stages as a Markdown table: kind, what it does, its keys with defaults."""
+    lines = ["| stage | what | keys (defaults) |", "|---|---|---|"]
+    for kind in kinds():
+        cls = _REGISTRY[kind]
+        shared = {f.name for f in dataclasses.fields(Distilling)}  # the options every stage has
+        fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in shared)
+        keys = ", ".join(f"`{f.name}: {_default(f)}`" for f in fields)
+        place = {"first": " Comes first.", "last": " Comes last."}.get(cls.POSITION, "")
+        lines.append(f"| `{kind}` | {cls.summary()}{place} | {keys} |")
+    return "\n".join(lines)
+
+
+def _default(field):
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING \
+        else field.default
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else value

@@ -10,7 +10,6 @@ from tfcompress.training import compile_for_training
 
 SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
            "prune_cluster_preserving")
-INT8_MODES = ("int8", "int8_full")  # the export modes a QAT model converts to
 
 
 @register
@@ -33,8 +32,9 @@ class QATStage(Distilling):
         one_of(self.scheme, SCHEMES, where + ".scheme")
 
     def export_modes(self, modes):
-        """A QAT model only goes to the int8 modes."""
-        return [m for m in modes if m in INT8_MODES] or ["int8_full"]
+        """A QAT model only goes to the modes that take its learned ranges (int8, int8_full)."""
+        from tflite_export.convert import MODES
+        return [m for m in modes if MODES[m].qat_ranges] or ["int8_full"]
 
     def run(self, model, ctx):
         """Returns the QAT model (it converts to int8 as is)."""
