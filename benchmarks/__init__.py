@@ -21,3 +21,16 @@ def absl_main(run):
         # app.run passes main's return value to sys.exit, so it must be an exit code.
         return run_cli(run_and_exit_zero)
     return main
+
+
+def markdown_table(header, rows, numeric_from=1):
+    """A Markdown table: `header` cells, `rows` of cells (already formatted strings); the
+    columns from `numeric_from` on are right-aligned.
+
+    Example:
+        markdown_table(["model", "top-1"], [["float", "91.94%"]])
+        # ['| model | top-1 |', '|---|---:|', '| float | 91.94% |']
+    """
+    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
+    return [f"| {' | '.join(header)} |", f"|{'|'.join(align)}|",
+            *(f"| {' | '.join(str(c) for c in row)} |" for row in rows)]

@@ -31,6 +31,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import markdown_table
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/bench-distill", "Output folder.")
 flags.DEFINE_integer("epochs", 5, "Training epochs of each student run.", lower_bound=1)
@@ -76,10 +78,9 @@ def _epoch_timer():
 
 def _compile(model, steps):
     from tfcompress.keras import keras
-    # As models/train_lib.py: Adam with cosine decay over the whole run.
-    schedule = keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, decay_steps=steps,
-                                                      alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
+    from tfcompress.training import cosine_adam
+    # As every stage: Adam with cosine decay over the whole run.
+    model.compile(optimizer=cosine_adam(FLAGS.learning_rate, steps),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
@@ -211,28 +212,28 @@ def _markdown(result):
         f"{r['temperature']:g}, student_loss_weight {r['student_loss_weight']:g}). Accuracy on "
         f"all {r['test_samples']:,} test images; {r['train_samples']:,} training images.",
         "",
-        "| seed | alone | distilled | gain (points) | student epoch s | teacher inference s "
-        "| Distiller epoch s | Distiller / (student + teacher inference) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(
+            ["seed", "alone", "distilled", "gain (points)", "student epoch s",
+             "teacher inference s", "Distiller epoch s",
+             "Distiller / (student + teacher inference)"],
+            [[run["seed"], f"{100 * run['alone_accuracy']:.2f}%",
+              f"{100 * run['distilled_accuracy']:.2f}%", f"{run['gain_points']:+.2f}",
+              f"{run['student_epoch_s']:.1f}", f"{run['teacher_inference_s']:.1f}",
+              f"{run['distiller_epoch_s']:.1f}", f"{run['cost_ratio']:.3f}"]
+             for run in r["runs"]], numeric_from=0),
     ]
-    for run in r["runs"]:
-        lines.append(
-            f"| {run['seed']} | {100 * run['alone_accuracy']:.2f}% | "
-            f"{100 * run['distilled_accuracy']:.2f}% | {run['gain_points']:+.2f} | "
-            f"{run['student_epoch_s']:.1f} | {run['teacher_inference_s']:.1f} | "
-            f"{run['distiller_epoch_s']:.1f} | {run['cost_ratio']:.3f} |")
     timed = [run for run in r["runs"] if run["step_timing"]]
     if timed:
         lines += ["", "Per training step, interleaved windows of "
-                  f"{r['timing_steps']} steps (ms; minimum / median over windows):", "",
-                  "| seed | student train | teacher inference | Distiller train "
-                  "| ratio of minima | ratio of medians |", "|---:|---:|---:|---:|---:|---:|"]
-        for run in timed:
-            t = run["step_timing"]
-            cells = [f"{1000 * t[k]['min_s']:.1f} / {1000 * t[k]['median_s']:.1f}" for k in
-                     ("student_train", "teacher_inference", "distiller_train")]
-            lines.append(f"| {run['seed']} | {' | '.join(cells)} | {t['ratio_min']:.3f} | "
-                         f"{t['ratio_median']:.3f} |")
+                  f"{r['timing_steps']} steps (ms; minimum / median over windows):", ""]
+        keys = ("student_train", "teacher_inference", "distiller_train")
+        lines += markdown_table(
+            ["seed", "student train", "teacher inference", "Distiller train",
+             "ratio of minima", "ratio of medians"],
+            [[run["seed"], *(f"{1000 * run['step_timing'][k]['min_s']:.1f} / "
+                             f"{1000 * run['step_timing'][k]['median_s']:.1f}" for k in keys),
+              f"{run['step_timing']['ratio_min']:.3f}",
+              f"{run['step_timing']['ratio_median']:.3f}"] for run in timed], numeric_from=0)
     lines += [
         "",
         f"Mean gain: **{r['mean_gain_points']:+.2f} points** (target: at least +0.5). "

@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks import absl_main
+from benchmarks import absl_main, markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "runs/demo-baseline/model.keras",
@@ -44,13 +44,12 @@ def _markdown(report):
     lines = [f"Fashion-MNIST test set ({report['test_images']:,} images), baseline "
              f"`{report['baseline']}`; QAT: {report['qat_epochs']} epoch(s), Adam "
              f"{report['qat_learning_rate']:g} cosine, scheme {report['scheme']}"
-             f"{', per-tensor' if report['per_tensor'] else ''}.", "",
-             "| model | top-1 accuracy | vs float (points) | .tflite bytes |",
-             "|---|---:|---:|---:|"]
-    for name, accuracy, size in rows:
-        delta = 100 * (accuracy - report["float_keras_accuracy"])
-        size = size if size == "-" else f"{size:,}"
-        lines.append(f"| {name} | {100 * accuracy:.2f}% | {delta:+.2f} | {size} |")
+             f"{', per-tensor' if report['per_tensor'] else ''}.", ""]
+    lines += markdown_table(
+        ["model", "top-1 accuracy", "vs float (points)", ".tflite bytes"],
+        [[name, f"{100 * accuracy:.2f}%",
+          f"{100 * (accuracy - report['float_keras_accuracy']):+.2f}",
+          size if size == "-" else f"{size:,}"] for name, accuracy, size in rows])
     lines += ["", f"QAT fine-tuning took {report['qat_train_seconds']:.0f} s on "
               f"{report['machine']}. TFLite accuracies are measured through the LiteRT "
               "interpreter."]
@@ -69,6 +68,7 @@ def measure(model, ds, qat_epochs=1, qat_learning_rate=1e-4, batch_size=128,
     from tfcompress import quantization
     from tfcompress.data import calibration_samples as draw
     from tfcompress.keras import keras
+    from tfcompress.training import cosine_adam
     from tflite_export.convert import convert
     from tflite_export.evaluate import evaluate_tflite
     from tflite_export.inspect import inspect_tflite
@@ -84,9 +84,7 @@ def measure(model, ds, qat_epochs=1, qat_learning_rate=1e-4, batch_size=128,
     qat = quantization.quantize(model, quantization.QATConfig(scheme=scheme,
                                                               per_tensor=per_tensor))
     steps = qat_epochs * int(np.ceil(len(ds.x_train) / batch_size))
-    qat.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-                    qat_learning_rate, decay_steps=steps, alpha=0.01)),
-                keras.losses.SparseCategoricalCrossentropy(),
+    qat.compile(cosine_adam(qat_learning_rate, steps), keras.losses.SparseCategoricalCrossentropy(),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     start = time.time()
     qat.fit(ds.x_train, ds.y_train, batch_size=batch_size, epochs=qat_epochs, shuffle=True,
