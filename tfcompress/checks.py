@@ -39,3 +39,31 @@ def check_finite_weights(model, what="the model"):
                     f"{weight.name!r} of layer {layer.name!r}: its training diverged or the "
                     "file is corrupt. Retrain it (check the loss for NaN, lower the learning "
                     "rate) or use an earlier checkpoint")
+
+
+def as_config(config, cls, error):
+    """`config` as a `cls` instance: None gives the defaults, a dict its keyword arguments.
+
+    Example:
+        config = as_config({"target_sparsity": 0.8}, PruningConfig, PruningError)
+    """
+    if config is None:
+        return cls()
+    if isinstance(config, dict):
+        return cls(**config)
+    if not isinstance(config, cls):
+        raise error(f"config must be a {cls.__name__}, a dict or None, got "
+                    f"{type(config).__name__}")
+    return config
+
+
+def check_wrappable(model, error, verb, what="wrap the layers", advice="build it functionally"):
+    """Raises `error` unless TFMOT can wrap `model`'s layers: a built Sequential or
+    functional model (`verb`: "pruning", "clustering"... for the message)."""
+    from tfcompress.layer_selection import is_graph_model
+    if not is_graph_model(model):
+        raise error(f"{type(model).__name__} is a subclassed model: TFMOT can only {what} of "
+                    f"a Sequential or functional model{advice}")
+    if not model.built:
+        raise error(f"model {model.name!r} is not built; give it an Input (or call "
+                    f"model.build(input_shape)) before {verb}")

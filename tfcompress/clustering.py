@@ -47,7 +47,6 @@ Reference:
 import copy
 import dataclasses
 import os
-import re
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -56,10 +55,11 @@ import numpy as np
 from tfcompress import quantization
 from tfcompress._compat import (cluster_wrapper, clustering_registry, experimental_cluster,
                                 pruning_wrapper, safe_mode_scope)
-from tfcompress.checks import check_finite_weights
+from tfcompress.checks import as_config, check_finite_weights, check_wrappable
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
-from tfcompress.layer_selection import describe, is_graph_model, matches, unmatched, walk
+from tfcompress.layer_selection import (check_patterns_or_classes, describe, is_graph_model,
+                                        matches, unmatched, walk)
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfcompress.keras)
 
 __all__ = ["ClusteringError", "ClusteringConfig", "INITS", "cluster", "strip_clustering",
@@ -83,25 +83,9 @@ def _check_clusters(value, what, preserve_sparsity):
     return int(value)
 
 
-def _check_patterns(patterns, field):
-    if isinstance(patterns, (str, type, re.Pattern)):
-        patterns = [patterns]
-    patterns = tuple(patterns)
-    for pattern in patterns:
-        if isinstance(pattern, type):
-            if (pattern.__module__ or "").split(".")[0] == "keras":
-                raise ClusteringError(f"{field}: {pattern.__module__}.{pattern.__name__} is a "
-                                      "Keras 3 class; models here are tf_keras models: give the "
-                                      f"class name {pattern.__name__!r} or tf_keras's class")
-            if not issubclass(pattern, keras.layers.Layer):
-                raise ClusteringError(f"{field}: {pattern.__name__} is not a Keras layer class")
-            continue
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise ClusteringError(f"{field}: {pattern!r} is not a layer name, regex or layer "
-                                  f"class ({e})") from None
-    return patterns
+def _check_patterns(patterns, name):
+    """Validates layer patterns: names/regexes (str or compiled) or layer classes."""
+    return check_patterns_or_classes(patterns, name, ClusteringError)
 
 
 @dataclasses.dataclass
@@ -309,17 +293,8 @@ def cluster(model, config=None):
         TypeError: a Keras 3 model.
     """
     model = ensure_tf_keras_model(model)
-    if config is None:
-        config = ClusteringConfig()
-    elif isinstance(config, dict):
-        config = ClusteringConfig(**config)
-    if not is_graph_model(model):
-        raise ClusteringError(
-            f"{type(model).__name__} is a subclassed model: TFMOT can only wrap the layers of a "
-            "Sequential or functional model; build it functionally")
-    if not model.built:
-        raise ClusteringError(f"model {model.name!r} is not built; give it an Input (or call "
-                              "model.build(input_shape)) before clustering")
+    config = as_config(config, ClusteringConfig, ClusteringError)
+    check_wrappable(model, ClusteringError, "clustering", advice="; build it functionally")
     for layer in walk(model):
         if isinstance(layer, cluster_wrapper.ClusterWeights):
             raise ClusteringError(f"model {model.name!r} is already clustered; "

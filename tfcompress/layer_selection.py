@@ -38,6 +38,30 @@ def check_patterns(patterns, name, error_class):
     return patterns
 
 
+def check_patterns_or_classes(patterns, name, error_class):
+    """Like `check_patterns`, and a class must be a tf_keras layer class (a Keras 3 class is
+    refused by name: models here are tf_keras models)."""
+    from tfcompress.keras import keras
+    if isinstance(patterns, (str, type, re.Pattern)):
+        patterns = [patterns]
+    patterns = tuple(patterns)
+    for pattern in patterns:
+        if isinstance(pattern, type):
+            if (pattern.__module__ or "").split(".")[0] == "keras":
+                raise error_class(f"{name}: {pattern.__module__}.{pattern.__name__} is a Keras 3 "
+                                  f"class; models here are tf_keras models: give the class name "
+                                  f"{pattern.__name__!r} or tf_keras's class")
+            if not issubclass(pattern, keras.layers.Layer):
+                raise error_class(f"{name}: {pattern.__name__} is not a Keras layer class")
+            continue
+        try:
+            re.compile(pattern)
+        except (TypeError, re.error) as e:
+            raise error_class(f"{name}: {pattern!r} is not a layer name, regex or layer class "
+                              f"({e})") from None
+    return patterns
+
+
 def matches(pattern, layer):
     """True if `pattern` selects `layer` (see the module docstring)."""
     if isinstance(pattern, type):

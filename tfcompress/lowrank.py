@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from tfcompress.checks import check_finite_weights
+from tfcompress.checks import as_config, check_finite_weights
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
 from tfcompress.layer_selection import check_patterns, describe, matches, unmatched
@@ -194,13 +194,7 @@ def factorize(model, config=None):
         TypeError: a Keras 3 model.
     """
     model = ensure_tf_keras_model(model)
-    if config is None:
-        config = LowRankConfig()
-    elif isinstance(config, dict):
-        config = LowRankConfig(**config)
-    elif not isinstance(config, LowRankConfig):
-        raise LowRankError(f"config must be a LowRankConfig, a dict or None, got "
-                           f"{type(config).__name__}")
+    config = as_config(config, LowRankConfig, LowRankError)
     model = require_graph_model(model, LowRankError)
     # np.linalg.svd fails on NaN/Inf with a bare "SVD did not converge".
     check_finite_weights(model, "the model to factorize")

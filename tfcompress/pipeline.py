@@ -250,7 +250,10 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
             # under multi_worker); only the chief's copy is in out_dir.
             model_file = save_model(model, os.path.join(write_dir, "model.keras"))
             info["seconds"] = round(time.time() - t0, 2)
-            write_json_atomic(os.path.join(write_dir, "metrics.json"), info)
+            # epochs_run differs between a resumed and an uninterrupted run: it is this
+            # call's fact (the training binary's epochs_run_this_time), not the stage's.
+            write_json_atomic(os.path.join(write_dir, "metrics.json"),
+                              {k: v for k, v in info.items() if k != "epochs_run"})
             write_json_atomic(os.path.join(write_dir, "manifest.json"),
                               {"hash": stage_hash, "stage": kind, "name": name,
                                "index": index, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -327,7 +327,7 @@ def test_an_error_inside_keras_is_one_line_naming_stage_and_model(built, capsys,
         raise ValueError("in user code:\n\n    File \"training.py\", line 1, in train_function"
                          "\n\n    ValueError: Shapes (None, 1) and (None, 10) are incompatible")
 
-    monkeypatch.setattr(stages, "fit", keras_fails)
+    monkeypatch.setattr(stages.context, "fit", keras_fails)
     recipe = _recipe(tmp_path, "fails", models["softmax_no_metrics"]["path"],
                      data_paths["unit"], PRUNE_QAT)
     code, _, err = _run_cli(capsys, "run", "--recipe", recipe, "--out", tmp_path / "f")

@@ -7,7 +7,7 @@ from tfcompress.channel_pruning.graph import ChannelGraph
 from tfcompress.channel_pruning.importance import loss_for
 from tfcompress.channel_pruning.plan import ChannelPlan, make_plan
 from tfcompress.channel_pruning.rebuild import masked_model, thin_model
-from tfcompress.checks import check_finite_weights
+from tfcompress.checks import as_config, check_finite_weights
 from tfcompress.keras import ensure_tf_keras_model
 from tfcompress.surgery import require_graph_model
 from tfcompress.training import cosine_adam
@@ -41,13 +41,7 @@ def prune_channels(model, config=None, data=None, loss=None):
         TypeError: a Keras 3 model.
     """
     model = require_graph_model(model, ChannelPruningError)
-    if config is None:
-        config = ChannelPruningConfig()
-    elif isinstance(config, dict):
-        config = ChannelPruningConfig(**config)
-    elif not isinstance(config, ChannelPruningConfig):
-        raise ChannelPruningError(f"config must be a ChannelPruningConfig, a dict or None, got "
-                                  f"{type(config).__name__}")
+    config = as_config(config, ChannelPruningConfig, ChannelPruningError)
     if config.criterion == "taylor" and data is None:
         raise ChannelPruningError("criterion 'taylor' needs data=(x, y): a few batches of "
                                   "training samples to take gradients on")

@@ -13,14 +13,14 @@ Example:
 """
 
 import dataclasses
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 from tfcompress import schedules
-from tfcompress.checks import check_finite_weights
+from tfcompress.checks import as_config, check_finite_weights, check_wrappable
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras
-from tfcompress.layer_selection import describe, is_graph_model, matches, unmatched, walk
+from tfcompress.layer_selection import (check_patterns_or_classes, describe, is_graph_model,
+                                        matches, unmatched, walk)
 from tfcompress.pruning.wrapper import (CUSTOM_OBJECTS, PruneLowMagnitude, is_pruned_model,
                                         parse_structure, prunable_weights, start_step_counters,
                                         wrappers)
@@ -40,24 +40,7 @@ _POLICIES = {"xnnpack": tfmot.sparsity.keras.PruneForLatencyOnXNNPack}
 
 def _check_patterns(patterns, name):
     """Validates layer patterns: names/regexes (str or compiled) or layer classes."""
-    if isinstance(patterns, (str, type, re.Pattern)):
-        patterns = [patterns]
-    patterns = tuple(patterns)
-    for pattern in patterns:
-        if isinstance(pattern, type):
-            if (pattern.__module__ or "").split(".")[0] == "keras":
-                raise ValueError(f"{name}: {pattern.__module__}.{pattern.__name__} is a Keras 3 "
-                                 f"class; models here are tf_keras models: give the class name "
-                                 f"{pattern.__name__!r} or tf_keras's class")
-            if not issubclass(pattern, keras.layers.Layer):
-                raise ValueError(f"{name}: {pattern.__name__} is not a Keras layer class")
-            continue
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise ValueError(f"{name}: {pattern!r} is not a layer name, regex or layer class "
-                             f"({e})") from None
-    return patterns
+    return check_patterns_or_classes(patterns, name, ValueError)
 
 
 @dataclasses.dataclass
@@ -348,18 +331,10 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
         TypeError: a Keras 3 model.
     """
     model = ensure_tf_keras_model(model)
-    if config is None:
-        config = PruningConfig()
-    elif isinstance(config, dict):
-        config = PruningConfig(**config)
-    if not is_graph_model(model):
-        raise PruningError(
-            f"{type(model).__name__} is a subclassed model: TFMOT can only wrap the layers of a "
-            "Sequential or functional model. Build it functionally, or wrap its layers inside "
-            "the class with tfmot.sparsity.keras.prune_low_magnitude(layer, ...)")
-    if not model.built:
-        raise PruningError(f"model {model.name!r} is not built; give it an Input (or call "
-                           "model.build(input_shape)) before pruning")
+    config = as_config(config, PruningConfig, PruningError)
+    check_wrappable(model, PruningError, "pruning", advice=(
+        ". Build it functionally, or wrap its layers inside the class with "
+        "tfmot.sparsity.keras.prune_low_magnitude(layer, ...)"))
     if is_pruned_model(model):
         raise PruningError(f"model {model.name!r} is already pruned; strip_pruning it first")
     # NaN magnitudes would make TFMOT's thresholds NaN and the masks meaningless.

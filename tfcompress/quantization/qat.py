@@ -15,9 +15,8 @@ import contextlib
 
 import numpy as np
 
-from tfcompress.checks import check_finite_weights
+from tfcompress.checks import as_config, check_finite_weights, check_wrappable
 from tfcompress.keras import ensure_tf_keras_model, keras
-from tfcompress.layer_selection import is_graph_model
 from tfcompress.quantization import repairs, schemes
 from tfcompress.quantization.config import (CLUSTER_SCHEMES, QATConfig, QuantizationError,
                                             registered_config_classes)
@@ -37,13 +36,8 @@ def is_qat_model(model):
 
 
 def _check_model(model):
-    if not is_graph_model(model):
-        raise QuantizationError(
-            f"{type(model).__name__} is a subclassed model: TFMOT can only quantize the layers "
-            "of a Sequential or functional model; build it functionally")
-    if not model.built:
-        raise QuantizationError(f"model {model.name!r} is not built; give it an Input (or call "
-                                "model.build(input_shape)) before quantizing")
+    check_wrappable(model, QuantizationError, "quantizing", what="quantize the layers",
+                    advice="; build it functionally")
     if is_qat_model(model):
         raise QuantizationError(f"model {model.name!r} is already quantization-aware")
     for layer in model.layers:
@@ -111,10 +105,7 @@ def quantize(model, config=None):
         TypeError: a Keras 3 model.
     """
     model = ensure_tf_keras_model(model)
-    if config is None:
-        config = QATConfig()
-    elif isinstance(config, dict):
-        config = QATConfig(**config)
+    config = as_config(config, QATConfig, QuantizationError)
     _check_model(model)
     # NaN weights would give NaN quantization ranges: nothing converts sensibly.
     check_finite_weights(model, "the model to quantize")

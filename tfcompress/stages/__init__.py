@@ -26,7 +26,7 @@ from tfcompress.errors import RecipeError
 from tfcompress.stages.base import (Distilling, SoftTargets, StageSettings, Training, get,
                                     kinds, markdown_table, number_in, one_of, register)
 from tfcompress.stages.context import (StageContext, fit, keras_accuracy, run_stage,
-                                       steps_per_epoch, with_teacher)
+                                       steps_per_epoch, total_steps, with_teacher)
 from tfcompress.training import compile_for_training
 
 _INFRASTRUCTURE = ("base", "context")
@@ -43,8 +43,9 @@ from tfcompress.stages.prune import PruneStage  # noqa: E402
 from tfcompress.stages.qat import QATStage, qat_scheme  # noqa: E402
 from tfcompress.stages.train import TrainStage  # noqa: E402
 
-__all__ = ["StageSettings", "Training", "SoftTargets", "Distilling", "register", "get", "kinds", "markdown_table",
+__all__ = ["StageSettings", "Training", "SoftTargets", "Distilling", "register", "get", "kinds",
+           "markdown_table",
            "number_in", "one_of", "RecipeError", "StageContext", "run_stage", "fit",
-           "keras_accuracy", "steps_per_epoch", "with_teacher", "compile_for_training",
+           "keras_accuracy", "steps_per_epoch", "total_steps", "with_teacher", "compile_for_training",
            "qat_scheme", "TrainStage", "DistillStage", "PruneStage", "ChannelPruneStage",
            "LowRankStage", "ClusterStage", "QATStage"]

@@ -6,7 +6,7 @@ from typing import ClassVar, Optional
 from tfcompress import distribute
 from tfcompress.errors import RecipeError
 from tfcompress.stages.base import Distilling, number_in, one_of, register
-from tfcompress.stages.context import fit, steps_per_epoch
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")  # tfcompress.channel_pruning's importance
@@ -60,7 +60,7 @@ class ChannelPruneStage(Distilling):
             thin = distribute.in_scope(thin, ctx.strategy)
         ctx.log(f"  channels pruned ({self.criterion}): MACs {plan.macs_before:,} -> "
                 f"{plan.macs_after:,}, parameters {plan.params_before:,} -> {plan.params_after:,}")
-        steps = self.epochs * steps_per_epoch(ctx, self.batch_size)
+        steps = self.epochs * context.steps_per_epoch(ctx, self.batch_size)
         if self.distill:  # the unpruned model teaches its thinner self
             trainee = distillation.Distiller(
                 model, thin,
@@ -69,7 +69,7 @@ class ChannelPruneStage(Distilling):
         else:
             trainee = thin
         compile_for_training(trainee, self.learning_rate, steps, ctx.head)
-        info = fit(trainee, ctx, self.epochs, self.batch_size)
+        info = context.fit(trainee, ctx, self.epochs, self.batch_size)
         info.update(macs_before=plan.macs_before, macs_after=plan.macs_after,
                     parameters_before=plan.params_before)
         return thin, info

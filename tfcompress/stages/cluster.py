@@ -6,7 +6,7 @@ from typing import ClassVar
 from tfcompress import distribute
 from tfcompress.errors import RecipeError
 from tfcompress.stages.base import Distilling, one_of, register
-from tfcompress.stages.context import fit, steps_per_epoch, with_teacher
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 # tfcompress.clustering.INITS (not imported: that would import TensorFlow).
@@ -42,10 +42,9 @@ class ClusterStage(Distilling):
                                              preserve_sparsity=self.preserve_sparsity,
                                              exclude=tuple(self.exclude))
         clustered = clustering.cluster(model, config)
-        trainee = with_teacher(clustered, self, ctx)
-        compile_for_training(trainee, self.learning_rate,
-                             self.epochs * steps_per_epoch(ctx, self.batch_size), ctx.head)
-        info = fit(trainee, ctx, self.epochs, self.batch_size)
+        trainee = context.with_teacher(clustered, self, ctx)
+        compile_for_training(trainee, self.learning_rate, context.total_steps(ctx, self), ctx.head)
+        info = context.fit(trainee, ctx, self.epochs, self.batch_size)
         stripped = clustering.strip_clustering(clustered)
         info["max_unique_values"] = clustering.unique_values_report(stripped)["max_unique"]
         return stripped, info

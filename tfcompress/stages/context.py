@@ -44,6 +44,11 @@ def _verbosity(ctx):
     return 1 if sys.stdout.isatty() else 2
 
 
+def total_steps(ctx, settings):
+    """Optimizer steps of a whole stage: `settings.epochs` epochs of `settings.batch_size`."""
+    return settings.epochs * steps_per_epoch(ctx, settings.batch_size)
+
+
 def steps_per_epoch(ctx, batch_size):
     return int(np.ceil(len(ctx.x_train) / batch_size))
 
@@ -89,7 +94,8 @@ def keras_accuracy(model, ctx, head=None):
 
 
 def run_stage(kind, model, settings, ctx):
-    """Runs stage `kind` (`settings`, a registered stage's settings); returns (model, info) with test accuracy and parameters in info.
+    """Runs stage `kind` (`settings`, a registered stage's settings); returns (model, info)
+    with test accuracy and parameters in info.
 
     Under `ctx.strategy` the stage runs in its scope (models, optimizers and
     metrics are made there; the input model is rebuilt there if it was made

@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from tfcompress import distribute, heads
 from tfcompress.stages.base import SoftTargets, register
-from tfcompress.stages.context import fit, steps_per_epoch
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 
@@ -34,9 +34,9 @@ class DistillStage(SoftTargets):
             teacher, student,
             distillation_losses=distillation.LogitsDistillation(temperature=self.temperature),
             student_loss_weight=self.alpha)
-        compile_for_training(distiller, self.learning_rate,
-                             self.epochs * steps_per_epoch(ctx, self.batch_size), student_head)
-        info = fit(distiller, ctx, self.epochs, self.batch_size)
+        compile_for_training(distiller, self.learning_rate, context.total_steps(ctx, self),
+                             student_head)
+        info = context.fit(distiller, ctx, self.epochs, self.batch_size)
         info["teacher_parameters"] = int(teacher.count_params())
         info["student_parameters"] = int(distiller.student.count_params())
         ctx.head = student_head  # the stage's output model is the student (run_stage records it)

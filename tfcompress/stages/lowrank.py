@@ -5,7 +5,7 @@ from typing import ClassVar, Optional
 
 from tfcompress import distribute
 from tfcompress.stages.base import Training, number_in, register
-from tfcompress.stages.context import fit, steps_per_epoch
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 
@@ -34,9 +34,8 @@ class LowRankStage(Training):
             min_params_saving=self.min_params_saving))
         ctx.log(f"  low-rank: parameters {details['params_before']:,} -> "
                 f"{details['params_after']:,}")
-        compile_for_training(factored, self.learning_rate,
-                             self.epochs * steps_per_epoch(ctx, self.batch_size), ctx.head)
-        info = fit(factored, ctx, self.epochs, self.batch_size) if self.epochs else {}
+        compile_for_training(factored, self.learning_rate, context.total_steps(ctx, self), ctx.head)
+        info = context.fit(factored, ctx, self.epochs, self.batch_size) if self.epochs else {}
         info["factored_layers"] = [row["layer"] for row in details["layers"]
                                    if row.get("factored")]
         return factored, info

@@ -7,7 +7,7 @@ from typing import ClassVar, Optional
 from tfcompress import distribute
 from tfcompress.errors import RecipeError
 from tfcompress.stages.base import Distilling, number_in, one_of, register
-from tfcompress.stages.context import fit, steps_per_epoch, with_teacher
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 
@@ -38,16 +38,16 @@ class PruneStage(Distilling):
     def run(self, model, ctx):
         """Prunes, fine-tunes (or distills) and returns the stripped, sparse model."""
         from tfcompress import pruning, schedules
-        steps = steps_per_epoch(ctx, self.batch_size)
+        steps = context.steps_per_epoch(ctx, self.batch_size)
         structured_nm = bool(self.structure and ":" in self.structure)
         config = pruning.PruningConfig(
             target_sparsity=None if structured_nm else self.sparsity,
             schedule=schedules.get(self.schedule), structure=self.structure,
             skip_first_and_last=self.skip_first_and_last, exclude=tuple(self.exclude))
         pruned = pruning.prune(model, config, steps_per_epoch=steps, total_epochs=self.epochs)
-        trainee = with_teacher(pruned, self, ctx)
+        trainee = context.with_teacher(pruned, self, ctx)
         compile_for_training(trainee, self.learning_rate, self.epochs * steps, ctx.head)
-        info = fit(trainee, ctx, self.epochs, self.batch_size,
+        info = context.fit(trainee, ctx, self.epochs, self.batch_size,
                    callbacks=pruning.pruning_callbacks())
         stripped = pruning.strip_pruning(pruned)
         report = pruning.sparsity_report(stripped)

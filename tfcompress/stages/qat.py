@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from tfcompress import distribute
 from tfcompress.stages.base import Distilling, one_of, register
-from tfcompress.stages.context import fit, steps_per_epoch, with_teacher
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 SCHEMES = ("auto", "default", "prune_preserving", "cluster_preserving",
@@ -44,10 +44,9 @@ class QATStage(Distilling):
             model, quantization.QATConfig(scheme=scheme, per_tensor=self.per_tensor,
                                           exclude_layers=tuple(self.exclude_layers),
                                           exclude_types=tuple(self.exclude_types)))
-        trainee = with_teacher(qat_model, self, ctx)
-        compile_for_training(trainee, self.learning_rate,
-                             self.epochs * steps_per_epoch(ctx, self.batch_size), ctx.head)
-        info = fit(trainee, ctx, self.epochs, self.batch_size)
+        trainee = context.with_teacher(qat_model, self, ctx)
+        compile_for_training(trainee, self.learning_rate, context.total_steps(ctx, self), ctx.head)
+        info = context.fit(trainee, ctx, self.epochs, self.batch_size)
         info["scheme"] = scheme
         return qat_model, info
 

@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from tfcompress import distribute
 from tfcompress.stages.base import Training, register
-from tfcompress.stages.context import fit, steps_per_epoch
+from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
 
@@ -22,7 +22,6 @@ class TrainStage(Training):
     epochs: int = 5
 
     def run(self, model, ctx):
-        compile_for_training(model, self.learning_rate,
-                             self.epochs * steps_per_epoch(ctx, self.batch_size), ctx.head)
-        info = fit(model, ctx, self.epochs, self.batch_size) if self.epochs else {}
+        compile_for_training(model, self.learning_rate, context.total_steps(ctx, self), ctx.head)
+        info = context.fit(model, ctx, self.epochs, self.batch_size) if self.epochs else {}
         return model, info
