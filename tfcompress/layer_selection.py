@@ -19,7 +19,7 @@ import re
 from tfcompress._compat import is_graph_network
 
 
-def check_patterns(patterns, name, error_class):
+def check_patterns(patterns, name, error_class, _wording=None):
     """A tuple of patterns; raises `error_class` naming `name` for one that is not a regex.
 
     A single string or class is one pattern; classes pass as they are.
@@ -27,14 +27,15 @@ def check_patterns(patterns, name, error_class):
     if isinstance(patterns, (str, re.Pattern, type)):
         patterns = [patterns]
     patterns = tuple(patterns)
+    wording = _wording or (lambda pattern, e: f"{name} entry {pattern!r} is not a layer name, "
+                           f"class name or regular expression: {e}")
     for pattern in patterns:
         if isinstance(pattern, type):
             continue
         try:
             re.compile(pattern)
         except (TypeError, re.error) as e:
-            raise error_class(f"{name} entry {pattern!r} is not a layer name, class name or "
-                              f"regular expression: {e}") from None
+            raise error_class(wording(pattern, e)) from None
     return patterns
 
 
@@ -42,23 +43,17 @@ def check_patterns_or_classes(patterns, name, error_class):
     """Like `check_patterns`, and a class must be a tf_keras layer class (a Keras 3 class is
     refused by name: models here are tf_keras models)."""
     from tfcompress.keras import keras
-    if isinstance(patterns, (str, type, re.Pattern)):
-        patterns = [patterns]
-    patterns = tuple(patterns)
+    patterns = check_patterns(patterns, name, error_class, lambda pattern, e: (
+        f"{name}: {pattern!r} is not a layer name, regex or layer class ({e})"))
     for pattern in patterns:
-        if isinstance(pattern, type):
-            if (pattern.__module__ or "").split(".")[0] == "keras":
-                raise error_class(f"{name}: {pattern.__module__}.{pattern.__name__} is a Keras 3 "
-                                  f"class; models here are tf_keras models: give the class name "
-                                  f"{pattern.__name__!r} or tf_keras's class")
-            if not issubclass(pattern, keras.layers.Layer):
-                raise error_class(f"{name}: {pattern.__name__} is not a Keras layer class")
+        if not isinstance(pattern, type):
             continue
-        try:
-            re.compile(pattern)
-        except (TypeError, re.error) as e:
-            raise error_class(f"{name}: {pattern!r} is not a layer name, regex or layer class "
-                              f"({e})") from None
+        if (pattern.__module__ or "").split(".")[0] == "keras":
+            raise error_class(f"{name}: {pattern.__module__}.{pattern.__name__} is a Keras 3 "
+                              f"class; models here are tf_keras models: give the class name "
+                              f"{pattern.__name__!r} or tf_keras's class")
+        if not issubclass(pattern, keras.layers.Layer):
+            raise error_class(f"{name}: {pattern.__name__} is not a Keras layer class")
     return patterns
 
 
