@@ -161,7 +161,9 @@ def _kill_point(reference_seconds, trial, event_globs, latest=0.9):
     in [0.15 T, latest T] of the reference run's T."""
     rng = np.random.default_rng(1000 + trial)
     if trial < len(event_globs):
-        return float(rng.uniform(0.0, 0.3)), event_globs[trial]
+        # Within the epoch after the first backup: an epoch here takes ~0.1-0.3 s, and
+        # the backup is deleted when the stage ends (a kill 0.3 s late once found none).
+        return float(rng.uniform(0.0, 0.1)), event_globs[trial]
     return float(rng.uniform(0.15, latest) * reference_seconds), None
 
 
@@ -185,7 +187,7 @@ def _assert_same_bytes(a, b):
 def _train_cmd(data, out):
     return [sys.executable, "-m", "models.train", "--model=small_cnn", "--model_options=width=4",
             f"--dataset=npz:{data}", "--epochs=3", "--batch_size=32", "--prune_sparsity=0.5",
-            "--prune_epochs=2", f"--model_dir={out}"]
+            "--prune_epochs=3", f"--model_dir={out}"]
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +228,8 @@ teacher: {{model: small_cnn, options: {{width: 6}}}}
 student: {{model: small_cnn, options: {{width: 4}}}}
 stages:
   - train: {{epochs: 2, batch_size: 32}}
-  - distill: {{epochs: 2, batch_size: 32}}
-  - prune: {{sparsity: 0.5, epochs: 2, batch_size: 32, distill: true}}
+  - distill: {{epochs: 3, batch_size: 32}}
+  - prune: {{sparsity: 0.5, epochs: 3, batch_size: 32, distill: true}}
 export: {{modes: [float32, int8_full]}}
 benchmark: {{devices: []}}
 """
