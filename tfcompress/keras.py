@@ -53,8 +53,9 @@ def ensure_tf_keras_model(model):
             f"this is a Keras 3 model ({type(model).__name__}); tfcompress needs "
             "a tf_keras (Keras 2) model because TensorFlow Model Optimization "
             "(pruning, quantization-aware training, clustering) only works with "
-            "Keras 2 models — rebuild it with tf_keras (`import tf_keras as "
-            "keras`) or load the saved file with tfcompress.load_model"
+            "Keras 2 models — import it first: model = tfcompress.load_model(model) "
+            "rebuilds it in tf_keras and checks it computes the same (or load its "
+            "saved file with tfcompress.load_model)"
         )
     raise TypeError(
         f"expected a tf_keras Model, got {type(model).__module__}."

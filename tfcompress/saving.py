@@ -34,7 +34,9 @@ import zipfile
 
 from tfcompress._compat import flatten_layers, revived_layer_class, safe_mode_scope
 from tfcompress.errors import ModelLoadError
-from tfcompress.keras import keras, ensure_tf_keras_model
+from tfcompress import activations  # noqa: F401 - registers the activations models use
+from tfcompress import keras3_import
+from tfcompress.keras import keras, ensure_tf_keras_model, is_keras3_model
 
 _FORMATS = ".keras file, .h5 file or SavedModel directory"
 _ALLOW_HINT = ("refused by default; pass allow_unsafe=True (CLI: --allow_unsafe) only if you "
@@ -54,8 +56,11 @@ _UNSAFE_TF_OPS = {"print", "py_function", "numpy_function", "load_library", "loa
 def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
     """Loads a `.keras`, `.h5` or SavedModel directory into a tf_keras model.
 
+    A Keras 3 file (or in-memory Keras 3 model) is imported: rebuilt in tf_keras
+    and verified against the original (`keras3_import`).
+
     Args:
-        path: file or SavedModel directory.
+        path: file or SavedModel directory, or a Keras 3 model.
         allow_unsafe: allow what safe mode refuses (see the module docstring):
             Lambda layers, file-I/O TF ops, other modules' code, layers run
             from the file's TF graph. Only for files you trust: loading or
@@ -69,6 +74,8 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
     Raises:
         ModelLoadError: naming the file and the reason.
     """
+    if is_keras3_model(path):  # an in-memory Keras 3 model
+        return keras3_import.import_model(path)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or directory (expected a {_FORMATS})")
@@ -77,9 +84,11 @@ def load_model(path, allow_unsafe=False, custom_objects=None, compile=True):
     if os.path.isfile(path) and not path.endswith((".keras", ".h5", ".hdf5")):
         raise ModelLoadError(f"{path}: unknown model format (expected a {_FORMATS})")
     if not allow_unsafe:
-        reason = unsafe_reason(_saved_configs(path), custom_objects)
+        reason = unsafe_reason(saved_configs(path), custom_objects)
         if reason:
             raise ModelLoadError(f"{path}: cannot load model: {reason}; {_ALLOW_HINT}")
+    if keras3_import.keras3_version(path):
+        return keras3_import.import_model(path, safe_mode=not allow_unsafe)
     try:
         # tf_keras's scope (private; the public API has none for legacy loads).
         with safe_mode_scope(not allow_unsafe):
@@ -126,7 +135,7 @@ def saved_compile(path):
     """How a model file was compiled, in words ("loss categorical_crossentropy, metrics
     [...]"), or None for a file saved uncompiled. tfcompress ignores it: the log says so."""
     try:
-        configs = _saved_configs(os.fspath(path))
+        configs = saved_configs(os.fspath(path))
     except ModelLoadError:
         return None
     for config in configs:
@@ -210,39 +219,27 @@ def _file_problem(path):
     """Why a model file Keras failed on is unusable, in words, or None.
 
     Keras's own reasons mislead here: a truncated .keras file is reported as
-    an HDF5 "file signature not found", a Keras 3 file as a bad `batch_shape`.
+    an HDF5 "file signature not found".
     """
     if os.path.isdir(path):
         return None
     resave = "save the model again (tfcompress.save_model or tf_keras model.save)"
-    version = None
     if path.endswith(".keras"):
         if not zipfile.is_zipfile(path):
             return f"it is not a .keras archive (a zip file): empty, truncated or corrupt; {resave}"
-        try:
-            with zipfile.ZipFile(path) as archive:
-                version = json.loads(archive.read("metadata.json")).get("keras_version")
-        except (KeyError, ValueError, OSError, AttributeError, zipfile.BadZipFile):
-            return None
-    else:
-        import h5py
-        if not h5py.is_hdf5(path):
-            return f"it is not an HDF5 file: empty, truncated or corrupt; {resave}"
-        try:
-            with h5py.File(path, "r") as f:
-                version = f.attrs.get("keras_version")
-        except OSError as e:
-            return (f"truncated or corrupt HDF5 file ({' '.join(str(e).split())[:200]}); "
-                    f"{resave}")
-    version = version.decode() if isinstance(version, bytes) else version
-    if isinstance(version, str) and version.startswith("3"):
-        return (f"it was saved by Keras 3 (keras_version {version}); tfcompress works on tf_keras "
-                "(Keras 2) models because TFMOT does: rebuild the model with tf_keras "
-                "(`import tf_keras as keras`) and save it from there")
+        return None
+    import h5py
+    if not h5py.is_hdf5(path):
+        return f"it is not an HDF5 file: empty, truncated or corrupt; {resave}"
+    try:
+        with h5py.File(path, "r") as f:
+            f.attrs.get("keras_version")
+    except OSError as e:
+        return f"truncated or corrupt HDF5 file ({' '.join(str(e).split())[:200]}); {resave}"
     return None
 
 
-def _saved_configs(path):
+def saved_configs(path):
     """The JSON configs stored in a model file, for `unsafe_reason`.
 
     Returns [] where there are none to read (Keras then says what is wrong).

@@ -1,0 +1,813 @@
+"""Keras 3 models in: a Keras 3 file or model becomes an equivalent tf_keras model, verified.
+
+TFMOT works on tf_keras (Keras 2) models only, and a Keras 3 file (`import keras`,
+TF 2.16+) does not load in tf_keras: its config differs in many small ways. So
+the Keras 3 model is loaded with Keras 3 (safe mode, after `saving.unsafe_reason`
+scanned its config), and its graph is replayed in tf_keras layer by layer from
+its own config:
+
+    * each layer's config is translated (`_translate`): dtype-policy dicts become
+      dtype names; serialized initializers/regularizers/constraints lose Keras 3
+      keys tf_keras lacks (`input_axes`...) when they hold no value; renamed keys
+      are renamed (InputLayer `batch_shape`, LeakyReLU `negative_slope` -> `alpha`);
+      a Keras 3 key with a value tf_keras cannot honour (LayerNormalization
+      `rms_scaling=True`, a Dense `quantization_config`, LoRA) refuses the import;
+    * activations Keras 3 defines differently (`hard_sigmoid`) or that tf_keras
+      lacks (`hard_silu`/`hard_swish`) map to `tfcompress.activations`;
+    * Keras 3 op nodes (`x + 3.0`, `keras.ops.mean`...) become Keras layers where one
+      computes the same (`x + 3.0` a Rescaling, `x * y` a Multiply, `ops.relu` an
+      Activation, a spatial `ops.mean` a pooling layer: TFMOT can quantize those),
+      else TF-op layers (`_OPS`);
+    * nested models are rebuilt the same way and called as layers; node indices
+      follow Keras 3's own `functional_from_config` (in tf_keras a nested model's node
+      0 is the model itself; in Keras 3 it is its first call);
+    * a node's `training=False` is dropped: Keras 3 overrides it with the model's
+      own `training` flag, tf_keras would keep it, freezing Dropout during fine-tuning.
+
+The weights are then copied layer by layer, and the import is always verified:
+both models run on a fixed probe batch, and the import is refused, naming the
+first layer whose output differs, unless every output agrees within
+`TOLERANCE` (relative to the output's largest magnitude, at least 1), and so does
+the output of every top-level layer and op.
+
+Example:
+    model = tfcompress.load_model("keras3_model.keras")      # finds Keras 3 by itself
+    model = keras3_import.import_model(keras3_model)          # an in-memory Keras 3 model
+"""
+
+import importlib
+import json
+import os
+import warnings
+import zipfile
+
+import numpy as np
+
+from tfcompress import activations
+from tfcompress.errors import ModelLoadError
+from tfcompress.keras import keras, tf
+
+# The Keras 3 versions whose configs this translation was tested on (major.minor).
+TESTED_VERSIONS = ("3.15",)
+TOLERANCE = 1e-4
+_PROBE_SEED = 20261205
+_PROBE_BATCH = 2
+_FREE_DIM = 32  # a None spatial/time dimension in the probe batch
+
+_SUBCLASSED_WAY_OUT = (
+    "it is a subclassed Keras 3 model, which has no graph config to import; build the same "
+    "model with tf_keras (your class, with `import tf_keras as keras` and the same layer "
+    "attributes), call it once, load the weights with "
+    "tfcompress.keras3_import.load_weights(twin, PATH) (a .keras or .weights.h5 file), then "
+    "save it with tfcompress.save_model")
+
+
+def keras3_version(path):
+    """The Keras version that saved a `.keras`/`.h5` file if it is 3.x, else None."""
+    path = os.fspath(path)
+    version = None
+    try:
+        if path.endswith(".keras") and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                version = json.loads(archive.read("metadata.json")).get("keras_version")
+        elif path.endswith((".h5", ".hdf5")):
+            import h5py
+            if h5py.is_hdf5(path):
+                with h5py.File(path, "r") as f:
+                    version = f.attrs.get("keras_version")
+    except (KeyError, ValueError, OSError, AttributeError, zipfile.BadZipFile):
+        return None
+    version = version.decode() if isinstance(version, bytes) else version
+    return version if isinstance(version, str) and version.startswith("3") else None
+
+
+def keras3_package():
+    """The Keras 3 package (`import keras`; `tfcompress.keras.keras` is tf_keras)."""
+    return importlib.import_module("keras")
+
+
+def import_model(source, what=None, safe_mode=True):
+    """A tf_keras model equal to the Keras 3 model `source` (a path or a Keras 3 model).
+
+    Call `tfcompress.load_model` for files: it scans the config for unsafe content
+    first and then calls this.
+
+    Args:
+        source: a Keras 3 `.keras`/`.h5` file, or an in-memory Keras 3 model.
+        what: how to name the source in errors (default: the path or model name).
+        safe_mode: Keras 3's safe mode while loading a file (`load_model` turns it
+            off only with allow_unsafe=True).
+
+    Raises:
+        ModelLoadError: the model cannot be rebuilt in tf_keras, or the rebuilt
+            model's outputs differ (naming the first layer that differs).
+    """
+    keras3 = keras3_package()
+    if isinstance(source, (str, os.PathLike)):
+        what = what or os.fspath(source)
+        version = keras3_version(source) or keras3.__version__
+        _check_version(version, what)
+        if not _has_graph(source):
+            raise ModelLoadError(f"{what}: cannot import: {_SUBCLASSED_WAY_OUT}")
+        try:
+            model3 = keras3.saving.load_model(os.fspath(source), compile=False,
+                                              safe_mode=safe_mode)
+        except Exception as e:  # Keras 3 raises many types; all mean "cannot load"
+            raise ModelLoadError(f"{what}: cannot load the Keras 3 model with Keras "
+                                 f"{keras3.__version__}: {_line(e)}") from e
+    else:
+        model3 = source
+        what = what or f"Keras 3 model {getattr(model3, 'name', '?')!r}"
+        _check_version(keras3.__version__, what)
+    model, tensors = _rebuild(model3, what)
+    _copy_weights(model3, model, what)
+    verify(model3, model, what, tensors)
+    return model
+
+
+def _has_graph(path):
+    """False for a file whose model config has no layers (a subclassed model)."""
+    from tfcompress.saving import saved_configs
+    configs = [c for c in saved_configs(os.fspath(path)) if isinstance(c, dict)
+               and "class_name" in c and isinstance(c.get("config"), dict)]
+    return not configs or "layers" in configs[0]["config"]
+
+
+def _check_version(version, what):
+    if ".".join(version.split(".")[:2]) not in TESTED_VERSIONS:
+        warnings.warn(f"{what}: saved by Keras {version}; tfcompress's Keras 3 import was "
+                      f"tested with Keras {', '.join(TESTED_VERSIONS)}; the imported model is "
+                      "verified against the original all the same", stacklevel=3)
+
+
+def _line(e):
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+# ----------------------------------------------------------------------------- rebuild
+
+def _rebuild(model3, what):
+    """The tf_keras model with model3's graph and fresh weights."""
+    try:
+        config = model3.get_config()
+    except NotImplementedError:
+        config = None
+    kind = type(model3).__name__
+    if not isinstance(config, dict) or "layers" not in config:
+        raise ModelLoadError(f"{what}: cannot import: {_SUBCLASSED_WAY_OUT}")
+    if kind not in ("Functional", "Sequential", "Model"):
+        # A subclass of Functional (keras.applications models are plain Functional).
+        kind = "Sequential" if "input_layers" not in config else "Functional"
+    replay = _Replay(what)
+    model = replay.model({"class_name": kind, "config": config})
+    return model, replay.tensors
+
+
+class _Replay:
+    """Rebuilds Keras 3 model configs in tf_keras (see the module docstring)."""
+
+    def __init__(self, what):
+        self.what = what
+        self.tensors = {}  # the outer model's {layer or op name: first output tensor}
+
+    def fail(self, message):
+        raise ModelLoadError(f"{self.what}: cannot import: {message}")
+
+    def model(self, layer_config):
+        kind, config = layer_config["class_name"], layer_config["config"]
+        if kind == "Sequential":
+            return self.sequential(config)
+        if kind in ("Functional", "Model"):
+            return self.functional(config)
+        self.fail(f"model class {kind} is not a Functional or Sequential model; "
+                  f"{_SUBCLASSED_WAY_OUT}")
+
+    def sequential(self, config):
+        layers = list(config["layers"])
+        model = keras.Sequential(name=config.get("name"))
+        if layers and layers[0]["class_name"] == "InputLayer":
+            model.add(self.input(layers.pop(0)["config"]))
+        elif config.get("build_input_shape"):
+            model.add(keras.Input(batch_shape=config["build_input_shape"]))
+        for layer_config in layers:
+            if _is_op(layer_config):
+                self.fail(f"{layer_config['name']} is a Keras 3 op inside a Sequential model")
+            model.add(self.layer(layer_config))
+        if config.get("trainable") is False:  # True would unfreeze every layer inside
+            model.trainable = False
+        return model
+
+    def input(self, config):
+        if config.get("ragged") or config.get("sparse"):
+            self.fail(f"input {config.get('name')!r} is ragged or sparse")
+        shape = config.get("batch_shape") or config.get("batch_input_shape")
+        return keras.Input(batch_shape=shape, dtype=_dtype(config.get("dtype")),
+                           name=config.get("name"))
+
+    def layer(self, layer_config):
+        """A tf_keras layer (or nested model) for one Keras 3 layer config."""
+        kind = layer_config["class_name"]
+        module = layer_config.get("module") or ""
+        name = layer_config.get("name") or layer_config["config"].get("name")
+        if kind in ("Functional", "Sequential", "Model") and "layers" in layer_config["config"]:
+            return self.model(layer_config)
+        cls = getattr(keras.layers, kind, None)
+        if not module.startswith("keras") or cls is None:
+            self.fail(f"layer {name!r} is a {module}.{kind}, which tf_keras has no class "
+                      "for (a custom Keras 3 layer); " + _SUBCLASSED_WAY_OUT.split("; ", 1)[1])
+        config = _translate(kind, layer_config["config"], self.fail)
+        try:
+            return cls.from_config(config)
+        except Exception as e:  # tf_keras refuses a config in many ways
+            self.fail(f"layer {name!r} ({kind}): tf_keras cannot build it from the translated "
+                      f"config: {_line(e)}")
+
+    def functional(self, config):
+        nodes = {}    # layer name -> outputs of its calls, in Keras 3's node order
+        functional = set()  # names of nested Functional models
+        pending = []  # (layer name, layer or op config, node data), in config order
+        for layer_config in config["layers"]:
+            name = layer_config["name"]
+            if layer_config["class_name"] == "InputLayer":
+                nodes[name] = [self.input(layer_config["config"])]
+                continue
+            target = layer_config if _is_op(layer_config) else self.layer(layer_config)
+            nodes[name] = []
+            if layer_config["class_name"] in ("Functional", "Model"):
+                functional.add(name)
+            pending += [(name, target, node) for node in layer_config["inbound_nodes"]]
+        while pending:
+            waiting = []
+            for name, target, node in pending:
+                try:
+                    args, kwargs = self.arguments(node, nodes)
+                except _NotYet:
+                    waiting.append((name, target, node))
+                    continue
+                nodes[name].append(self.call(name, target, args, kwargs))
+            if len(waiting) == len(pending):
+                self.fail("its graph has nodes whose inputs never appear: "
+                          + ", ".join(sorted({name for name, _, _ in waiting})[:5]))
+            pending = waiting
+
+        def tensor(name, node_index, tensor_index):
+            # As Keras 3.15's functional_from_config.get_tensor, which subtracts one for a
+            # nested Functional model (its node 0 is then its last call, Python-style).
+            if name in functional:
+                node_index -= 1
+            return tf.nest.flatten(nodes[name][node_index])[tensor_index]
+
+        inputs = _map_leaves(config["input_layers"], tensor)
+        outputs = _map_leaves(config["output_layers"], tensor)
+        model = keras.Model(inputs, outputs, name=config.get("name"))
+        if config.get("trainable") is False:  # True would unfreeze every layer inside
+            model.trainable = False
+        # Kept last, so the outermost model's survive the nested models' replays.
+        self.tensors = {name: tf.nest.flatten(outputs[0])[0] for name, outputs in nodes.items()
+                        if len(outputs) == 1}
+        return model
+
+    def arguments(self, node, nodes):
+        """(args, kwargs) of a Keras 3 node, with tf_keras tensors in place."""
+        def convert(value):
+            if isinstance(value, (list, tuple)):  # tuples: an in-memory model's config
+                return type(value)(convert(v) for v in value)
+            if not isinstance(value, dict):
+                return value
+            kind = value.get("class_name")
+            inner = value.get("config")
+            if kind == "__keras_tensor__":
+                name, node_index, tensor_index = inner["keras_history"]
+                if name not in nodes or len(nodes[name]) <= node_index:
+                    raise _NotYet()
+                return tf.nest.flatten(nodes[name][node_index])[tensor_index]
+            if kind == "__tuple__":
+                return tuple(convert(v) for v in inner["value"])
+            if kind == "__slice__":
+                return slice(inner.get("start"), inner.get("stop"), inner.get("step"))
+            if kind in ("__numpy__", "__tensor__"):
+                return np.asarray(inner["value"], dtype=inner.get("dtype"))
+            if kind is None:
+                return {k: convert(v) for k, v in value.items()}
+            self.fail(f"a node argument of type {kind} is not supported")
+
+        if isinstance(node, list):  # the legacy form: [[name, node, tensor, kwargs], ...]
+            tensors = [convert({"class_name": "__keras_tensor__",
+                                "config": {"keras_history": entry[:3]}}) for entry in node]
+            kwargs = node[0][3] if node and len(node[0]) > 3 else {}
+            return [tensors[0] if len(tensors) == 1 else tensors], dict(kwargs)
+        return list(convert(node.get("args", []))), convert(node.get("kwargs", {}))
+
+    def call(self, name, target, args, kwargs):
+        # Keras 3 lets the model's own `training` override a node's; tf_keras would not.
+        kwargs = {k: v for k, v in kwargs.items()
+                  if not (k == "training" and isinstance(v, bool)) and
+                  not (k == "mask" and v is None)}
+        if isinstance(target, dict):
+            return self.op(name, target, args, kwargs)
+        return target(*args, **kwargs)
+
+    def op(self, name, layer_config, args, kwargs):
+        """A Keras 3 op node (`x + 3.0`, keras.ops.mean...) as a tf_keras layer."""
+        kind = layer_config["class_name"]
+        config = dict(layer_config.get("config") or {})
+        config.pop("name", None)
+        build = _OPS.get(kind)
+        if build is None:
+            self.fail(f"{name!r} is the Keras 3 op {kind} ({layer_config.get('module')}), "
+                      f"which tfcompress cannot import yet; supported ops: "
+                      f"{', '.join(sorted(_OPS))}; replace it with a Keras layer")
+        try:
+            return build(name, args, kwargs, config)
+        except _Unsupported as e:
+            self.fail(f"{name!r} (Keras 3 op {kind}): {e}")
+
+
+class _NotYet(Exception):
+    """A node's input is produced by a node not replayed yet."""
+
+
+class _Unsupported(Exception):
+    """An op's arguments have no tf_keras equivalent; the message says which."""
+
+
+def _is_op(layer_config):
+    return (layer_config.get("module") or "").startswith("keras.src.ops")
+
+
+def _map_leaves(structure, tensor):
+    """Keras 3's `input_layers`/`output_layers`: [name, node, tensor] leaves, nested."""
+    if isinstance(structure, (list, tuple)) and len(structure) == 3 and \
+            isinstance(structure[0], str):
+        return tensor(*structure)
+    if isinstance(structure, dict):
+        return {k: _map_leaves(v, tensor) for k, v in structure.items()}
+    return [_map_leaves(v, tensor) for v in structure]
+
+
+# ---------------------------------------------------------------------- config translation
+
+# Keras 3 keys tf_keras does not have, with the values that mean "not used" (dropped).
+_UNUSED = {"quantization_config": (None,), "lora_rank": (None,), "lora_alpha": None,
+           "optional": (False,), "synchronized": (False,), "rms_scaling": (False,),
+           "input_axes": (None,), "output_axes": (None,), "gradient_checkpointing": (False,),
+           "flash_attention": (None,), "seed": (None,)}
+_RENAMED = {("LeakyReLU", "negative_slope"): "alpha",
+            ("InputLayer", "batch_shape"): "batch_input_shape"}
+_BASE_LAYER_KEYS = {"name", "trainable", "dtype", "dynamic", "input_dim", "input_shape",
+                    "batch_input_shape", "batch_size", "weights", "activity_regularizer",
+                    "autocast", "input_spec"}
+
+
+def _translate(kind, config, fail):
+    """A Keras 3 layer config as the tf_keras config of the same layer."""
+    cls = getattr(keras.layers, kind)
+    accepted = _accepted_keys(cls) | _BASE_LAYER_KEYS
+    out = {}
+    for key, value in config.items():
+        key = _RENAMED.get((kind, key), key)
+        if key == "dtype":
+            out[key] = _dtype(value, fail)
+        elif key == "activation" or key == "recurrent_activation":
+            out[key] = _activation(value, config.get("name"), fail)
+        elif key not in accepted:
+            if key in _UNUSED and (_UNUSED[key] is None or value in _UNUSED[key]):
+                continue
+            fail(f"layer {config.get('name')!r} ({kind}) sets {key}={value!r}, which tf_keras "
+                 f"{keras.__version__} has no equivalent for")
+        else:
+            out[key] = _object(value, f"layer {config.get('name')!r} ({kind}) {key}", fail)
+    return out
+
+
+def _accepted_keys(cls):
+    import inspect
+    keys = set()
+    for klass in cls.__mro__:
+        if klass is keras.layers.Layer:
+            break
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            keys |= {p.name for p in inspect.signature(init).parameters.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return keys - {"self"}
+
+
+def _dtype(value, fail=None):
+    """A Keras 3 dtype (a string or a DTypePolicy dict) as a tf_keras dtype/policy name."""
+    if isinstance(value, dict):
+        kind = value.get("class_name")
+        name = (value.get("config") or {}).get("name")
+        if kind not in ("DTypePolicy", "FloatDTypePolicy") or not isinstance(name, str):
+            message = (f"dtype policy {kind} ({name}) is a Keras 3 quantized policy; "
+                       "import the float model (before keras quantize())")
+            if fail:
+                fail(message)
+            raise ModelLoadError(message)
+        return name
+    return value
+
+
+def _activation(value, layer, fail):
+    if isinstance(value, dict):  # {"class_name": "function", "config": "relu", ...}
+        value = value.get("config") if isinstance(value.get("config"), str) else \
+            value.get("registered_name") or value.get("class_name")
+    if value is None:
+        return None
+    if value in activations.KERAS3_ACTIVATIONS:
+        return activations.KERAS3_ACTIVATIONS[value]
+    try:
+        keras.activations.get(value)
+    except (ValueError, TypeError):
+        fail(f"layer {layer!r} uses the activation {value!r}, which tf_keras has not")
+    return value
+
+
+def _object(value, where, fail):
+    """A nested Keras 3 serialized object (an initializer...) in tf_keras's form."""
+    if isinstance(value, list):
+        return [_object(v, where, fail) for v in value]
+    if not isinstance(value, dict) or "class_name" not in value:
+        return value
+    module = value.get("module") or ""
+    kind = value["class_name"]
+    config = value.get("config")
+    if not module.startswith("keras"):
+        fail(f"{where} is {module}.{kind}, custom Keras 3 code tfcompress cannot import")
+    namespace = {"keras.initializers": keras.initializers, "keras.regularizers":
+                 keras.regularizers, "keras.constraints": keras.constraints}.get(module)
+    if namespace is None or not isinstance(config, dict):
+        return value
+    cls = getattr(namespace, kind, None)
+    if cls is None:
+        fail(f"{where} is the Keras 3 {module}.{kind}, which tf_keras has not")
+    accepted = _accepted_keys_of(cls)
+    kept = {}
+    for key, item in config.items():
+        if key in accepted:
+            kept[key] = item
+        elif not (key in _UNUSED and (_UNUSED[key] is None or item in _UNUSED[key])):
+            fail(f"{where} {kind} sets {key}={item!r}, which tf_keras has not")
+    return {"class_name": kind, "config": kept}
+
+
+def _accepted_keys_of(cls):
+    import inspect
+    return {p.name for p in inspect.signature(cls.__init__).parameters.values()} - {"self"}
+
+
+# ----------------------------------------------------------------------------- Keras 3 ops
+
+def _tf_op(function):
+    """An op builder calling the TF function `function` (a tf_keras TF-op layer results)."""
+    def build(name, args, kwargs, config):
+        if kwargs or config:
+            raise _Unsupported(f"arguments {sorted({**kwargs, **config})} are not supported")
+        return function(*args)
+    return build
+
+
+def _activation_op(activation):
+    def build(name, args, kwargs, config):
+        if len(args) != 1 or kwargs or config:
+            raise _Unsupported("takes one tensor and no options here")
+        return keras.layers.Activation(activation, name=name)(args[0])
+    return build
+
+
+def _reduce(function):
+    def build(name, args, kwargs, config):
+        if config.pop("initial", None) is not None:
+            raise _Unsupported("`initial` is not supported")
+        return function(args[0], axis=config.get("axis"), keepdims=config.get("keepdims", False))
+    return build
+
+
+def _mean(name, args, kwargs, config):
+    """A mean over the spatial axes (a squeeze-and-excite pool) as the pooling layer."""
+    x, axis = args[0], config.get("axis")
+    axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+    pools = {(4, (1, 2)): keras.layers.GlobalAveragePooling2D,
+             (3, (1,)): keras.layers.GlobalAveragePooling1D}
+    pool = pools.get((len(x.shape), axis))
+    if pool is not None and not kwargs:
+        return pool(keepdims=config.get("keepdims", False), name=name)(x)
+    return _reduce(tf.math.reduce_mean)(name, args, kwargs, config)
+
+
+def _reshape(name, args, kwargs, config):
+    shape = list(config.get("newshape") or [])
+    if shape and shape[0] in (-1, None) and -1 not in shape[1:] and not kwargs:
+        return keras.layers.Reshape(shape[1:], name=name)(args[0])
+    return tf.reshape(args[0], shape)
+
+
+def _transpose(name, args, kwargs, config):
+    axes = config.get("axes")
+    if axes and axes[0] == 0 and not kwargs:
+        return keras.layers.Permute(tuple(axes[1:]), name=name)(args[0])
+    return tf.transpose(args[0], perm=axes)
+
+
+def _softmax(name, args, kwargs, config):
+    return keras.layers.Softmax(axis=config.get("axis", -1), name=name)(args[0])
+
+
+def _gelu(name, args, kwargs, config):
+    return tf.nn.gelu(args[0], approximate=config.get("approximate", True))
+
+
+def _with(function, **renames):
+    """A builder passing the op's config to `function` as keyword arguments (renamed)."""
+    def build(name, args, kwargs, config):
+        options = {renames.get(k, k): v for k, v in config.items()}
+        return function(*args, **options, **kwargs)
+    return build
+
+
+def _concat(name, args, kwargs, config):
+    tensors, axis = list(args[0]), config.get("axis", 0)
+    if axis != 0 and len(tensors) > 1:  # axis 0 is the batch: not a layer's job
+        return keras.layers.Concatenate(axis=axis, name=name)(tensors)
+    return tf.concat(tensors, axis=axis)
+
+
+def _get_item(name, args, kwargs, config):
+    return args[0][tuple(args[1]) if isinstance(args[1], list) else args[1]]
+
+
+def _is_tensor(value):
+    return keras.backend.is_keras_tensor(value) if hasattr(value, "shape") else False
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _elementwise(kind, function, merge=None):
+    """`x + 3.0`, `x * (1 / 6)`, `x - y`...: Keras layers where one exists, so TFMOT's
+    QAT can wrap them (it cannot wrap a TF-op layer): a tensor and a number become a
+    `Rescaling` (x * scale + offset), two tensors a merge layer (`Add`, `Multiply`...;
+    they broadcast as Keras 3's ops do); anything else a TF-op layer."""
+    def build(name, args, kwargs, config):
+        if kwargs or config or len(args) != 2:
+            raise _Unsupported(f"arguments {sorted({**kwargs, **config})} are not supported")
+        a, b = args
+        if _is_tensor(a) and _is_tensor(b) and merge is not None:
+            return merge(name=name)([a, b])
+        x, number = (a, b) if _is_tensor(a) and _is_number(b) else (b, a)
+        if _is_tensor(x) and _is_number(number):
+            affine = {("Add", 0): (1.0, number), ("Add", 1): (1.0, number),
+                      ("Subtract", 0): (1.0, -number), ("Subtract", 1): (-1.0, number),
+                      ("Multiply", 0): (number, 0.0), ("Multiply", 1): (number, 0.0)}
+            if kind in ("TrueDivide", "Divide") and x is a and number != 0:
+                affine[(kind, 0)] = (1.0 / number, 0.0)
+            scale_offset = affine.get((kind, 0 if x is a else 1))
+            if scale_offset is not None:
+                return keras.layers.Rescaling(*scale_offset, name=name)(x)
+        return function(a, b)
+    return build
+
+
+def _negative(name, args, kwargs, config):
+    return keras.layers.Rescaling(-1.0, name=name)(args[0])
+
+
+_OPS = {
+    "Add": _elementwise("Add", tf.math.add, keras.layers.Add),
+    "Subtract": _elementwise("Subtract", tf.math.subtract, keras.layers.Subtract),
+    "Multiply": _elementwise("Multiply", tf.math.multiply, keras.layers.Multiply),
+    "TrueDivide": _elementwise("TrueDivide", tf.math.truediv),
+    "Divide": _elementwise("Divide", tf.math.truediv),
+    "Maximum": _elementwise("Maximum", tf.math.maximum, keras.layers.Maximum),
+    "Minimum": _elementwise("Minimum", tf.math.minimum, keras.layers.Minimum),
+    "Power": _tf_op(tf.math.pow), "Negative": _negative, "Absolute": _tf_op(tf.math.abs),
+    "Abs": _tf_op(tf.math.abs), "Sqrt": _tf_op(tf.math.sqrt), "Square": _tf_op(tf.math.square),
+    "Exp": _tf_op(tf.math.exp), "Log": _tf_op(tf.math.log), "Erf": _tf_op(tf.math.erf),
+    "Matmul": _tf_op(tf.linalg.matmul), "Tanh": _activation_op("tanh"),
+    "Relu": _activation_op("relu"), "Relu6": _activation_op("relu6"),
+    "Sigmoid": _activation_op("sigmoid"), "Silu": _activation_op("swish"),
+    "HardSigmoid": _activation_op(activations.hard_sigmoid),
+    "HardSilu": _activation_op(activations.hard_swish), "Softmax": _softmax, "Gelu": _gelu,
+    "Mean": _mean, "Sum": _reduce(tf.math.reduce_sum),
+    "Max": _reduce(tf.math.reduce_max), "Min": _reduce(tf.math.reduce_min),
+    "Reshape": _reshape, "Transpose": _transpose,
+    "ExpandDims": _with(tf.expand_dims), "Squeeze": _with(tf.squeeze),
+    "Clip": _with(tf.clip_by_value, x_min="clip_value_min", x_max="clip_value_max"),
+    "Cast": _with(tf.cast), "Concatenate": _concat, "GetItem": _get_item,
+}
+
+
+# ------------------------------------------------------------------------- weights, check
+
+def _layers_by_path(model, prefix=""):
+    """{"outer/inner/layer": layer} for every layer of `model`, nested models included."""
+    found = {}
+    for layer in model.layers:
+        path = prefix + layer.name
+        found[path] = layer
+        if hasattr(layer, "layers") and layer.layers and isinstance(getattr(layer, "layers"),
+                                                                     list):
+            found.update(_layers_by_path(layer, path + "/"))
+    return found
+
+
+def _short(variable):
+    name = getattr(variable, "path", None) or variable.name
+    return name.split("/")[-1].split(":")[0]
+
+
+def _copy_weights(model3, model, what):
+    """Copies each Keras 3 layer's weights to the tf_keras layer of the same path."""
+    ours = _layers_by_path(model)
+    for path, layer3 in _layers_by_path(model3).items():
+        if hasattr(layer3, "layers") and isinstance(getattr(layer3, "layers"), list):
+            continue  # a nested model: its layers are copied one by one
+        values3 = {_short(v): v for v in layer3.weights}
+        if not values3:
+            continue
+        layer = ours.get(path)
+        if layer is None:
+            raise ModelLoadError(f"{what}: cannot import: layer {path!r} has weights but no "
+                                 "tf_keras counterpart")
+        targets = layer.weights
+        if len(targets) != len(values3):
+            raise ModelLoadError(
+                f"{what}: cannot import: layer {path!r} has {len(values3)} weights in Keras 3 "
+                f"({', '.join(values3)}) and {len(targets)} in tf_keras "
+                f"({', '.join(_short(v) for v in targets)})")
+        # By name where the names agree (kernel, bias, gamma...), else in order.
+        names_agree = {_short(v) for v in targets} == set(values3)
+        sources = ([values3[_short(v)] for v in targets] if names_agree
+                   else list(layer3.weights))
+        for target, source in zip(targets, sources):
+            value = np.asarray(source.numpy() if hasattr(source, "numpy") else source)
+            if tuple(target.shape) != value.shape:
+                raise ModelLoadError(
+                    f"{what}: cannot import: layer {path!r} weight {_short(target)} has shape "
+                    f"{tuple(target.shape)} in tf_keras and {value.shape} in Keras 3")
+            target.assign(value.astype(target.dtype.as_numpy_dtype))
+
+
+def probe_batches(model):
+    """Fixed inputs for `model`: standard-normal values, and pixel-like values in
+    [0, 255] (a model with `Rescaling(1/255)` inside sees near-constant features on the
+    first); integer inputs get small integers. Seeded, so every import sees the same."""
+    rng = np.random.default_rng(_PROBE_SEED)
+    batches = []
+    for draw in (lambda shape: rng.standard_normal(shape),
+                 lambda shape: rng.uniform(0.0, 255.0, shape)):
+        batch = []
+        for tensor in model.inputs:
+            shape = [_PROBE_BATCH] + [d if d is not None else _FREE_DIM
+                                      for d in tensor.shape[1:]]
+            dtype = tensor.dtype.as_numpy_dtype
+            if np.issubdtype(dtype, np.integer):
+                batch.append(rng.integers(0, 2, size=shape).astype(dtype))
+            else:
+                batch.append(draw(shape).astype(dtype))
+        batches.append(batch)
+    return batches
+
+
+def _difference(reference, output):
+    """Largest |reference - output| relative to max(1, max |reference|): absolute for
+    outputs of unit scale or less, relative for larger ones."""
+    reference = np.asarray(reference, np.float64)
+    output = np.asarray(output, np.float64)
+    if reference.shape != output.shape:
+        return float("inf")
+    both_nan = np.isnan(reference) & np.isnan(output)  # e.g. log of a negative probe value
+    if np.any(np.isnan(reference) != np.isnan(output)):
+        return float("inf")
+    reference, output = reference[~both_nan], output[~both_nan]
+    if reference.size == 0:
+        return 0.0
+    finite = np.isfinite(reference)
+    if np.any(reference[~finite] != output[~finite]):
+        return float("inf")
+    reference, output = reference[finite], output[finite]
+    if reference.size == 0:
+        return 0.0
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    return float(np.max(np.abs(reference - output))) / scale
+
+
+def verify(model3, model, what, tensors=None):
+    """Refuses the import unless both models agree on a probe batch (see TOLERANCE).
+
+    Compares the outputs, and with `tensors` ({Keras 3 op/layer name: tf_keras
+    tensor}, from the rebuild) the output of every top-level layer and op called once,
+    so a difference is found where it starts.
+
+    Returns:
+        The largest relative difference seen.
+    """
+    keras3 = keras3_package()
+    names, ours, theirs = [], list(tf.nest.flatten(model.outputs)), list(model3.outputs)
+    for operation in model3.operations if tensors else []:
+        # A nested model's `.output` is its own inner tensor, not its call's: skipped.
+        if operation.name in tensors and len(operation._inbound_nodes) == 1 and \
+                not isinstance(operation, (keras3.Model, keras3.layers.InputLayer)):
+            names.append(operation.name)
+            ours.append(tensors[operation.name])
+            theirs.append(tf.nest.flatten(operation.output)[0])
+    probe, probe3 = keras.Model(model.inputs, ours), keras3.Model(model3.inputs, theirs)
+    differences = np.zeros(len(ours))
+    for batch in probe_batches(model):
+        outputs = tf.nest.flatten(probe(batch, training=False))
+        references = tf.nest.flatten(probe3(batch, training=False))
+        differences = np.maximum(differences, [_difference(np.asarray(r), np.asarray(o))
+                                               for r, o in zip(references, outputs)])
+    n_out = len(ours) - len(names)
+    worst = float(np.max(differences, initial=0.0))
+    if worst <= TOLERANCE:
+        return worst
+    where = next((f", first at {name!r} ({d:.2g})" for name, d in
+                  zip(names, differences[n_out:]) if d > TOLERANCE), "")
+    raise ModelLoadError(
+        f"{what}: cannot import: the tf_keras model differs from the Keras 3 model by "
+        f"{worst:.2g} (relative; at most {TOLERANCE:g} allowed) on a probe batch{where}; "
+        "please report it with the model file")
+
+
+# --------------------------------------------------------------------- subclassed models
+
+def load_weights(model, path):
+    """Loads a Keras 3 model's weights into `model`, a tf_keras twin you built.
+
+    For subclassed Keras 3 models, which have no graph config to import: build the same
+    model with tf_keras (the same class with `import tf_keras as keras`: the file keeps
+    the weights under the layer attribute names, `d1/vars/0`), call it once, then load
+    the weights from the Keras 3 `.weights.h5` file or from the `.keras` file (its
+    weights are read from inside). The same works for a tf_keras functional twin of a
+    functional model. tf_keras's own `load_weights` reads the file.
+
+    Example:
+        twin = build_my_model_with_tf_keras()
+        keras3_import.load_weights(twin, "my_model.keras")
+
+    Raises:
+        ModelLoadError: the file is missing, or its weights do not fit `model`.
+    """
+    import shutil
+    import tempfile
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: no such file (expected a Keras 3 .keras or "
+                             ".weights.h5 file)")
+    tmp = None
+    try:
+        if path.endswith(".keras"):
+            tmp = tempfile.mkdtemp(prefix="tfcompress-keras3-")
+            with zipfile.ZipFile(path) as archive:
+                archive.extract("model.weights.h5", tmp)
+            weights = os.path.join(tmp, "model.weights.h5")
+        else:
+            weights = path
+        if not model.built:
+            raise ModelLoadError("the tf_keras twin is not built: give it an Input or call "
+                                 "it once before loading weights")
+        import h5py
+        with h5py.File(weights, "r") as f:
+            if "layers" in f:  # a functional/sequential model: the layout tf_keras writes
+                model.load_weights(weights)
+            else:  # a subclassed model: weights under its layer attribute names
+                _assign_by_attribute(model, f, "")
+    except ModelLoadError:
+        raise
+    except Exception as e:  # zip, HDF5 and Keras errors all mean "does not fit"
+        raise ModelLoadError(f"{path}: cannot load its Keras 3 weights into the tf_keras "
+                             f"model: {_line(e)}") from e
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model
+
+
+def _assign_by_attribute(obj, group, where):
+    """Assigns `group[".../vars/i"]` to `obj`'s own variables, then recurses into the
+    sub-groups by attribute name (`d1` -> obj.d1), as Keras 3 wrote them."""
+    from tfcompress._compat import flatten_layers
+    inner = {id(v) for layer in list(flatten_layers(obj))[1:] for v in layer.weights} \
+        if isinstance(obj, keras.layers.Layer) else set()
+    own = [v for v in getattr(obj, "weights", []) if id(v) not in inner]
+    stored = group["vars"] if "vars" in group else {}
+    if len(stored) != len(own):
+        raise ValueError(f"{where or 'the model'} has {len(stored)} weights in the file and "
+                             f"{len(own)} in the tf_keras model")
+    for i, variable in enumerate(own):
+        value = np.asarray(stored[str(i)])
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{where}{_short(variable)} has shape {value.shape} in the "
+                                 f"file and {tuple(variable.shape)} in the tf_keras model")
+        variable.assign(value)
+    for key in group:
+        if key == "vars" or not len(group[key]):
+            continue
+        child = getattr(obj, key, None)
+        if child is None:
+            raise ValueError(f"the file has weights for {where}{key}, and the tf_keras "
+                                 f"model has no attribute {key!r}: give its layers the same "
+                                 "attribute names as the Keras 3 class")
+        _assign_by_attribute(child, group[key], f"{where}{key}/")
