@@ -238,6 +238,40 @@ def test_rescaling_inside_quantizes_its_output_and_converts_full_integer():
     assert agreement["max_abs_diff"] < 0.05  # probabilities, int8 steps of 1/256
 
 
+def test_mobile_blocks_quantize_and_convert_full_integer():
+    """MobileNet preprocessing Rescaling(1/127.5, -1), hard-swish, a squeeze-and-excite
+    Multiply gate: TFMOT 0.8.1 refuses all three; tfcompress's built-in configs take them,
+    and the Rescaling is split so its MUL and ADD each have a learned range."""
+    from tfcompress.activations import hard_sigmoid, hard_swish
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Rescaling(1 / 127.5, -1.0, name="preprocess")(inputs)
+    x = L.Conv2D(8, 3, padding="same", name="c1")(x)
+    x = L.Activation(hard_swish, name="hswish")(x)
+    gate = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = L.Conv2D(8, 1, name="excite")(gate)
+    # MobileNetV3's hard sigmoid: relu6(x + 3) / 6 as three layers.
+    gate = L.ReLU(6.0)(L.Rescaling(1.0, 3.0, name="plus3")(gate))
+    gate = L.Rescaling(1 / 6, name="sixth")(gate)
+    x = L.Multiply(name="se")([x, gate])
+    model = keras.Model(inputs, L.Dense(3, name="d")(L.GlobalAveragePooling2D()(x)))
+    qat = quantization.quantize(model)
+    names = [layer.name for layer in qat.layers]
+    assert {"quant_preprocess", "quant_preprocess_offset", "quant_hswish", "quant_plus3",
+            "quant_sixth", "quant_se"} <= set(names)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(qat(x), model(x), atol=0.5)  # fake quantization only
+    flatbuffer = convert(qat, "int8_full")
+    info = inspect_tflite(flatbuffer)
+    assert info["is_full_integer"]
+    assert compare_with_keras(flatbuffer, qat, x)["max_abs_diff"] < 0.1
+    # An Activation(hard_sigmoid) would be ADD, RELU6 and MUL with no ranges between: named.
+    sig = keras.Model(inputs, L.Activation(hard_sigmoid, name="hsig")(L.Flatten()(inputs)))
+    with pytest.raises(QuantizationError, match=r"'hsig' \(Activation\): its activation "
+                                                r"'hard_sigmoid' is not one TFMOT quantizes"):
+        quantization.quantize(sig)
+
+
 def test_excluded_layers_stay_float_and_convert_in_int8_mode():
     model = _unsupported_model()
     qat = quantization.quantize(model, QATConfig(

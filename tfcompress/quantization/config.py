@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+from tfcompress import activations
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import keras
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfcompress.keras)
@@ -30,10 +31,33 @@ class QuantizationError(TfcompressError, ValueError):
 
 # Layer class -> QuantizeConfig, filled only by explicit register_quantize_config calls.
 _REGISTERED = {}
-# Layers TFMOT 0.8.1 leaves out that are affine maps without weights: their output is
-# quantized like an activation's (see the package docstring). Registered configs win.
-_BUILT_IN = {
-    keras.layers.Rescaling: default_8bit_quantize_configs.Default8BitOutputQuantizeConfig}
+# Layers TFMOT 0.8.1 leaves out that compute element-wise, without weights: their
+# output is quantized like an activation's (see the package docstring). Registered
+# configs win. Rescaling (`Rescaling(1/255)` in a model taking pixels; a Keras 3
+# import's `x + 3.0` and `x * (1 / 6)`), Multiply (a squeeze-and-excite gate), and
+# the hard-swish activation of Keras 3 models (`keras3_import`).
+# TF-op layers (TFOpLambda) are not among them: TFMOT's QuantizeWrapper needs the
+# layer's compute_output_shape, which TFOpLambda lacks.
+_OUTPUT_ONLY_CLASSES = (keras.layers.Rescaling, keras.layers.Multiply,
+                        keras.layers.Subtract, keras.layers.Maximum, keras.layers.Minimum)
+# The activations tfcompress adds for Keras 3 models: hard-swish converts to TFLite's one
+# HARD_SWISH op. hard_sigmoid is not here: TFLite has no such op, its ADD, RELU6 and MUL
+# would have no ranges between them (MobileNetV3 writes it as three layers instead).
+_OUTPUT_ONLY_ACTIVATIONS = (activations.hard_swish,)
+
+
+def built_in_config(layer):
+    """tfcompress's own QuantizeConfig for a layer TFMOT leaves out, or None.
+
+    Example:
+        built_in_config(keras.layers.Rescaling(1 / 255))   # output-only 8-bit config
+    """
+    output_only = (
+        type(layer) in _OUTPUT_ONLY_CLASSES
+        or (type(layer) is keras.layers.Activation
+            and layer.activation in _OUTPUT_ONLY_ACTIVATIONS))
+    return default_8bit_quantize_configs.Default8BitOutputQuantizeConfig() if output_only \
+        else None
 
 
 def _check_quantize_config(quantize_config, what):
@@ -83,9 +107,7 @@ def custom_config(layer, config):
     if by_name is not None:
         return by_name
     config_for_class = config.quantize_configs.get(type(layer)) or _REGISTERED.get(type(layer))
-    if config_for_class is None and type(layer) in _BUILT_IN:
-        return _BUILT_IN[type(layer)]()
-    return config_for_class
+    return config_for_class if config_for_class is not None else built_in_config(layer)
 
 
 # --------------------------------------------------------------------------- config

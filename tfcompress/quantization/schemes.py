@@ -241,8 +241,45 @@ class _LayerReluActivationQuantize(
     """The same for an Activation("relu") layer."""
 
 
+_transforms = tfmot.quantization.keras.graph_transformations.transforms
+
+
+class _SplitRescaling(_transforms.Transform):
+    """A Rescaling with both a scale and an offset, on the built-in output-only config,
+    becomes Rescaling(scale) then Rescaling(1, offset).
+
+    Rescaling computes x * scale + offset: two TFLite ops (MUL, ADD) whose middle
+    tensor no fake quantization covers, so an int8_full conversion of the QAT model
+    kept both in float (measured on MobileNet's Rescaling(1/127.5, -1) preprocessing).
+    Split, each half is one op with its own learned output range (the converter drops
+    the multiplication by 1).
+    """
+
+    def pattern(self):
+        return _transforms.LayerPattern("Rescaling")
+
+    def replacement(self, match_layer):
+        config = match_layer.layer["config"]
+        quantize_config = match_layer.metadata.get("quantize_config")
+        if (type(quantize_config).__name__ != "Default8BitOutputQuantizeConfig"
+                or config.get("offset", 0.0) == 0.0 or config.get("scale", 1.0) == 1.0):
+            return match_layer
+        scale = keras.layers.Rescaling(config["scale"], name=config["name"],
+                                       dtype=config.get("dtype"))
+        offset = keras.layers.Rescaling(1.0, config["offset"], name=config["name"] + "_offset",
+                                        dtype=config.get("dtype"))
+        nodes = []
+        for layer in (scale, offset):
+            serialized = quantize_utils.serialize_layer(layer, use_legacy_format=True)
+            serialized["name"] = layer.name
+            nodes.append((serialized, {"quantize_config": type(quantize_config)()}))
+        first = _transforms.LayerNode(nodes[0][0], metadata=nodes[0][1])
+        return _transforms.LayerNode(nodes[1][0], input_layers=[first], metadata=nodes[1][1])
+
+
 class _LayoutTransform(_default_8bit.Default8BitQuantizeLayoutTransform):
-    """TFMOT's default 8-bit layout transforms, in its order, with the ReLU ones replaced."""
+    """TFMOT's default 8-bit layout transforms, in its order, with the ReLU ones replaced,
+    and the Rescaling split (`_SplitRescaling`)."""
 
     def __init__(self, scheme, per_tensor):
         self._scheme, self._per_tensor = scheme, per_tensor
@@ -261,6 +298,7 @@ class _LayoutTransform(_default_8bit.Default8BitQuantizeLayoutTransform):
             dense_bn.DenseBatchNormActivationQuantize(),
             _LayerReLUQuantize(self._scheme, self._per_tensor),
             _LayerReluActivationQuantize(self._scheme, self._per_tensor),
+            _SplitRescaling(),
         ]
         return tfmot.quantization.keras.graph_transformations.model_transformer.ModelTransformer(
             model, transforms, set(layer_quantize_map.keys()), layer_quantize_map).transform()
