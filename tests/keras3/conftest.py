@@ -23,6 +23,12 @@ def build_keras3(out_dir, *args):
 
 
 @pytest.fixture(scope="session")
+def keras3_builder():
+    """`build_keras3(out_dir, *args)` for tests that build their own Keras 3 files."""
+    return build_keras3
+
+
+@pytest.fixture(scope="session")
 def keras3_dir(tmp_path_factory):
     """A folder of Keras 3 files: NAME.keras (and NAME.npz: inputs and Keras 3's outputs)."""
     out = tmp_path_factory.mktemp("keras3_models")
