@@ -74,6 +74,10 @@ def _export(args):
     name = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
     export(model, modes, args.out, representative_data=calib, batch_size=args.batch_size,
            sparse=args.sparse, name=name, log=lambda line: print(line, flush=True))
+    if args.keras3:
+        from tfcompress.keras3_export import save_keras3
+        path = save_keras3(model, os.path.join(args.out, f"{name}_keras3.keras"))
+        print(f"wrote {path} (Keras 3; checked against the tf_keras model)", flush=True)
     return 0
 
 
@@ -262,6 +266,9 @@ def build_parser():
     p.add_argument("--batch_size", type=int, default=1, help="fixed batch dimension")
     p.add_argument("--sparse", action="store_true",
                    help="store pruned float32 weights sparse (float32 only)")
+    p.add_argument("--keras3", action="store_true",
+                   help="also write NAME_keras3.keras, the model as a Keras 3 file (float or "
+                        "pruned models; checked to compute the same)")
     p.add_argument("--out", required=True, help="output folder; files are NAME_MODE.tflite")
     _data_scale_flags(p)
     _trust_flags(p)

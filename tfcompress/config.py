@@ -138,6 +138,8 @@ class Stage:
 class ExportConfig:
     modes: list = dataclasses.field(default_factory=lambda: ["float32", "int8_full"])
     batch_size: int = 1
+    # Also write each float/pruned stage's model as a Keras 3 file (keras3_export).
+    keras3: bool = False
 
 
 @dataclasses.dataclass

@@ -120,7 +120,7 @@ def import_model(source, what=None, safe_mode=True):
         what = what or f"Keras 3 model {getattr(model3, 'name', '?')!r}"
         _check_version(keras3.__version__, what)
     model, tensors = _rebuild(model3, what)
-    _copy_weights(model3, model, what)
+    copy_weights(model3, model, f"{what}: cannot import")
     verify(model3, model, what, tensors)
     return model
 
@@ -617,36 +617,39 @@ def _short(variable):
     return name.split("/")[-1].split(":")[0]
 
 
-def _copy_weights(model3, model, what):
-    """Copies each Keras 3 layer's weights to the tf_keras layer of the same path."""
-    ours = _layers_by_path(model)
-    for path, layer3 in _layers_by_path(model3).items():
-        if hasattr(layer3, "layers") and isinstance(getattr(layer3, "layers"), list):
+def copy_weights(source, target, what):
+    """Copies each layer's weights from `source` to the layer of the same path in `target`
+    (Keras 3 to tf_keras on import, tf_keras to Keras 3 on export).
+
+    Raises:
+        ModelLoadError: `what`, then the layer whose weights do not fit.
+    """
+    targets_by_path = _layers_by_path(target)
+    for path, layer in _layers_by_path(source).items():
+        if hasattr(layer, "layers") and isinstance(getattr(layer, "layers"), list):
             continue  # a nested model: its layers are copied one by one
-        values3 = {_short(v): v for v in layer3.weights}
-        if not values3:
+        given = {_short(v): v for v in layer.weights}
+        if not given:
             continue
-        layer = ours.get(path)
-        if layer is None:
-            raise ModelLoadError(f"{what}: cannot import: layer {path!r} has weights but no "
-                                 "tf_keras counterpart")
-        targets = layer.weights
-        if len(targets) != len(values3):
+        twin = targets_by_path.get(path)
+        if twin is None:
+            raise ModelLoadError(f"{what}: layer {path!r} has weights but no counterpart in "
+                                 "the rebuilt model")
+        wanted = twin.weights
+        if len(wanted) != len(given):
             raise ModelLoadError(
-                f"{what}: cannot import: layer {path!r} has {len(values3)} weights in Keras 3 "
-                f"({', '.join(values3)}) and {len(targets)} in tf_keras "
-                f"({', '.join(_short(v) for v in targets)})")
+                f"{what}: layer {path!r} has {len(given)} weights ({', '.join(given)}) and "
+                f"{len(wanted)} in the rebuilt model ({', '.join(_short(v) for v in wanted)})")
         # By name where the names agree (kernel, bias, gamma...), else in order.
-        names_agree = {_short(v) for v in targets} == set(values3)
-        sources = ([values3[_short(v)] for v in targets] if names_agree
-                   else list(layer3.weights))
-        for target, source in zip(targets, sources):
-            value = np.asarray(source.numpy() if hasattr(source, "numpy") else source)
-            if tuple(target.shape) != value.shape:
+        names_agree = {_short(v) for v in wanted} == set(given)
+        values = [given[_short(v)] for v in wanted] if names_agree else list(layer.weights)
+        for variable, value in zip(wanted, values):
+            value = np.asarray(value.numpy())
+            if tuple(variable.shape) != value.shape:
                 raise ModelLoadError(
-                    f"{what}: cannot import: layer {path!r} weight {_short(target)} has shape "
-                    f"{tuple(target.shape)} in tf_keras and {value.shape} in Keras 3")
-            target.assign(value.astype(target.dtype.as_numpy_dtype))
+                    f"{what}: layer {path!r} weight {_short(variable)} has shape {value.shape} "
+                    f"and {tuple(variable.shape)} in the rebuilt model")
+            variable.assign(value.astype(np.asarray(variable.numpy()).dtype))
 
 
 def probe_batches(model):
@@ -704,31 +707,51 @@ def verify(model3, model, what, tensors=None):
         The largest relative difference seen.
     """
     keras3 = keras3_package()
-    names, ours, theirs = [], list(tf.nest.flatten(model.outputs)), list(model3.outputs)
+    pairs = []
     for operation in model3.operations if tensors else []:
         # A nested model's `.output` is its own inner tensor, not its call's: skipped.
         if operation.name in tensors and len(operation._inbound_nodes) == 1 and \
                 not isinstance(operation, (keras3.Model, keras3.layers.InputLayer)):
-            names.append(operation.name)
-            ours.append(tensors[operation.name])
-            theirs.append(tf.nest.flatten(operation.output)[0])
-    probe, probe3 = keras.Model(model.inputs, ours), keras3.Model(model3.inputs, theirs)
-    differences = np.zeros(len(ours))
-    for batch in probe_batches(model):
-        outputs = tf.nest.flatten(probe(batch, training=False))
-        references = tf.nest.flatten(probe3(batch, training=False))
+            pairs.append((operation.name, tf.nest.flatten(operation.output)[0],
+                          tensors[operation.name]))
+    return check_same(model3, model, pairs, f"{what}: cannot import: the tf_keras model "
+                      "differs from the Keras 3 model")
+
+
+def check_same(reference, candidate, pairs, failure):
+    """Raises ModelLoadError(`failure` + where) unless `candidate` computes what
+    `reference` does on the probe batches: their outputs, and each (name, reference
+    tensor, candidate tensor) of `pairs` (models of either Keras, in any order).
+
+    Returns:
+        The largest relative difference seen.
+    """
+    def probe(model, tensors):
+        model_class = keras3_package().Model if _is_keras3(model) else keras.Model
+        return model_class(model.inputs, tensors)
+
+    names = [name for name, _, _ in pairs]
+    probe_ref = probe(reference, list(reference.outputs) + [t for _, t, _ in pairs])
+    probe_cand = probe(candidate, list(tf.nest.flatten(candidate.outputs)) +
+                       [t for _, _, t in pairs])
+    differences = np.zeros(len(names) + len(reference.outputs))
+    for batch in probe_batches(candidate if not _is_keras3(candidate) else reference):
+        references = tf.nest.flatten(probe_ref(batch, training=False))
+        outputs = tf.nest.flatten(probe_cand(batch, training=False))
         differences = np.maximum(differences, [_difference(np.asarray(r), np.asarray(o))
                                                for r, o in zip(references, outputs)])
-    n_out = len(ours) - len(names)
     worst = float(np.max(differences, initial=0.0))
     if worst <= TOLERANCE:
         return worst
     where = next((f", first at {name!r} ({d:.2g})" for name, d in
-                  zip(names, differences[n_out:]) if d > TOLERANCE), "")
-    raise ModelLoadError(
-        f"{what}: cannot import: the tf_keras model differs from the Keras 3 model by "
-        f"{worst:.2g} (relative; at most {TOLERANCE:g} allowed) on a probe batch{where}; "
-        "please report it with the model file")
+                  zip(names, differences[len(reference.outputs):]) if d > TOLERANCE), "")
+    raise ModelLoadError(f"{failure} by {worst:.2g} (relative; at most {TOLERANCE:g} allowed) "
+                         f"on a probe batch{where}; please report it with the model file")
+
+
+def _is_keras3(model):
+    from tfcompress.keras import is_keras3_model
+    return is_keras3_model(model)
 
 
 # --------------------------------------------------------------------- subclassed models

@@ -77,6 +77,18 @@ def _benchmark(rows, recipe, log):
                 if key in entry}
 
 
+def _write_keras3(model, stage_dir, name, log):
+    """`STAGE_DIR/NAME_keras3.keras` (recipe `export: {keras3: true}`); a QAT model has
+    none (its TFMOT wrappers exist only in tf_keras), which the log says."""
+    from tfcompress.keras3_export import save_keras3
+    from tflite_export.convert import is_qat_model
+    if is_qat_model(model):
+        log(f"  {name}: no Keras 3 file: a QAT model's wrappers exist only in tf_keras")
+        return
+    path = save_keras3(model, os.path.join(stage_dir, f"{name}_keras3.keras"))
+    log(f"  {name}: wrote {path} (Keras 3, checked against the tf_keras model)")
+
+
 def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, calibration,
                    force=False, log=print):
     """Exports `model` in `modes` and measures each file; returns the rows (see module doc).
@@ -102,6 +114,8 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
                        batch_size=recipe.export.batch_size)
         file = write_tflite(data, os.path.join(tflite_dir, f"{name}_{mode}.tflite"))
         rows.append(_measure(file, mode, ds, recipe))
+    if recipe.export.keras3:
+        _write_keras3(model, stage_dir, name, log)
     if recipe.benchmark.devices:
         log(f"  {name}: benchmarking {len(rows)} file(s) on {', '.join(recipe.benchmark.devices)}")
     _benchmark(rows, recipe, log)

@@ -8,6 +8,7 @@ compare tfcompress's import with what Keras 3 itself computed.
 Example:
     python build_keras3_models.py OUT_DIR mobilenet_v2 nested two_input
     python build_keras3_models.py OUT_DIR fashion FASHION_NPZ   # trains on a subset
+    python build_keras3_models.py OUT_DIR predict MODEL.keras INPUTS.npz  # OUT_DIR/predicted.npy
 """
 
 import json
@@ -204,10 +205,21 @@ def fashion(out, data_path):
         json.dump({"accuracy": accuracy, "keras_version": keras.__version__}, f)
 
 
+def predict(out, model_path, npz_path):
+    """Keras 3 reads a file tfcompress wrote (keras3_export) and predicts, as a user would."""
+    model = keras.saving.load_model(model_path)
+    data = np.load(npz_path)
+    xs = [data[k] for k in sorted(data.files) if k.startswith("x")]
+    y = np.asarray(model.predict(xs if len(xs) > 1 else xs[0], verbose=0))
+    np.save(os.path.join(out, "predicted.npy"), y)
+
+
 if __name__ == "__main__":
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
-    if sys.argv[2] == "fashion":
+    if sys.argv[2] == "predict":
+        predict(out_dir, sys.argv[3], sys.argv[4])
+    elif sys.argv[2] == "fashion":
         fashion(out_dir, sys.argv[3])
     else:
         for model_name in sys.argv[2:]:

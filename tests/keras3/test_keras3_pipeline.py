@@ -73,7 +73,7 @@ def test_prune_and_qat_recipe_with_a_keras3_teacher(fashion_k3, tmp_path):
         "teacher": {"path": str(root / "fashion.keras")},
         "stages": [{"prune": {"sparsity": 0.5, "epochs": 2, "learning_rate": 0.0005}},
                    {"qat": {"epochs": 1, "learning_rate": 0.0001}}],
-        "export": {"modes": ["float32", "int8_full"]},
+        "export": {"modes": ["float32", "int8_full"], "keras3": True},
         "benchmark": {"devices": []},
     }
     path = tmp_path / "recipe.yaml"
@@ -87,3 +87,10 @@ def test_prune_and_qat_recipe_with_a_keras3_teacher(fashion_k3, tmp_path):
     pruned = next(row for (stage, mode), row in rows.items()
                   if stage.endswith("prune") and mode == "float32")
     assert pruned["zero_fraction"] >= 0.4
+    # export: {keras3: true}: the pruned model as a Keras 3 file, zeros kept; none for QAT.
+    import keras as keras3
+    pruned3 = keras3.saving.load_model(out / "01-prune" / "01-prune_keras3.keras")
+    kernels = [w.numpy() for w in pruned3.weights if w.path.endswith("kernel")]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= 0.4
+    assert not list(out.glob("02-qat/*keras3*"))

@@ -58,6 +58,7 @@ def test_overrides_set_nested_values(tmp_path):
     ({**TINY, "stages": [{"train": {}}, {"cluster": {"clusters": 1}}]},
      r"clusters must be >= 3 with preserve_sparsity"),
     ({**TINY, "export": {"modes": ["int4"]}}, r"export.modes: unknown mode 'int4'; valid: float32"),
+    ({**TINY, "export": {"keras3": "yes"}}, r"export.keras3: expected bool, got 'yes'"),
     ({**TINY, "teacher": {"model": "resnet50"}}, r"teacher.model: unknown zoo model 'resnet50'"),
     ({**TINY, "teacher": {"path": "/no/such/model.keras"}}, r"teacher.path /no/such/model.keras: no such"),
     ({**TINY, "stages": [{"train": {}}, {"distill": {}}]}, r"a distill stage needs a student"),
