@@ -94,3 +94,25 @@ def test_prune_and_qat_recipe_with_a_keras3_teacher(fashion_k3, tmp_path):
     zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
     assert zeros >= 0.4
     assert not list(out.glob("02-qat/*keras3*"))
+
+
+def test_training_binary_prunes_a_keras3_model(fashion_k3, tmp_path):
+    import os
+    import subprocess
+    import sys
+    root, npz, accuracy = fashion_k3
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "train"
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.train", f"--init_model={root / 'fashion.keras'}",
+         "--epochs=0", f"--dataset=npz:{npz}", "--prune_sparsity=0.5", "--prune_epochs=1",
+         f"--model_dir={out}"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["dense_test_accuracy"] - accuracy) <= 2 / 2000  # Keras's own, imported
+    # First and last layers are skipped by default; the others' kernels are 50% zeros.
+    import tfcompress
+    model = tfcompress.load_model(out / "model.keras")
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert np.mean(kernels[0] == 0) < 0.1 and np.mean(kernels[-1] == 0) < 0.1
+    assert len(kernels) > 2 and all(abs(np.mean(k == 0) - 0.5) < 0.02 for k in kernels[1:-1])
