@@ -23,6 +23,9 @@ setup(
         "ai-edge-litert==2.3.*",
         # TF 2.21 no longer pulls TensorBoard in, but Keras's TensorBoard callback needs it.
         "tensorboard==2.21.*",
+        # Keras 3 files are imported (keras3_import) and written (keras3_export) with Keras 3
+        # itself; TF 2.21 pulls it in. The translation is tested on 3.15 (TESTED_VERSIONS).
+        "keras==3.15.*",
         "absl-py>=1.4",
         "numpy>=1.26",
         # TFMOT imports distutils.version, which Python 3.12 removed; setuptools provides it.
