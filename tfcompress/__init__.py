@@ -24,9 +24,9 @@ __version__ = "0.1.0"
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # The public modules, each imported when first read as `tfcompress.NAME`.
-SUBMODULES = ("channel_pruning", "clustering", "config", "data", "distillation", "distribute",
-              "heads", "lowrank", "pipeline", "pruning", "quantization", "regularizers",
-              "report", "schedules", "stages")
+SUBMODULES = ("activations", "channel_pruning", "clustering", "config", "data", "distillation",
+              "distribute", "heads", "keras3_export", "keras3_import", "lowrank", "pipeline",
+              "pruning", "quantization", "regularizers", "report", "schedules", "stages")
 
 __all__ = ["__version__", "ensure_tf_keras_model", "load_model", "save_model", *SUBMODULES]
 

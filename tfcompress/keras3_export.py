@@ -7,7 +7,7 @@ config, layer by layer (configs translated: InputLayer `batch_input_shape` ->
 DepthwiseConv2D's `groups=1` dropped, tfcompress's hard-swish / hard-sigmoid back to
 Keras 3's `hard_silu` / `hard_sigmoid`), the weights are copied, and the result must
 compute what the tf_keras model computes on the probe batches
-(`keras3_import.check_same`) before it is written, and again after Keras 3 reads the
+(`equivalence.check_same`) before it is written, and again after Keras 3 reads the
 file back.
 
 Not exported: QAT models (their TFMOT wrappers exist only in tf_keras), pruning
@@ -25,7 +25,8 @@ import warnings
 
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
-from tfcompress.keras3_import import check_same, keras3_package, copy_weights
+from tfcompress.equivalence import check_same, copy_weights
+from tfcompress.keras3_import import keras3_package
 
 
 class Keras3ExportError(TfcompressError, ValueError):

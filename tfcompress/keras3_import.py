@@ -17,18 +17,18 @@ its own config:
     * Keras 3 op nodes (`x + 3.0`, `keras.ops.mean`...) become Keras layers where one
       computes the same (`x + 3.0` a Rescaling, `x * y` a Multiply, `ops.relu` an
       Activation, a spatial `ops.mean` a pooling layer: TFMOT can quantize those),
-      else TF-op layers (`_OPS`);
+      else TF-op layers (`OPS`);
     * nested models are rebuilt the same way and called as layers; node indices
       follow Keras 3's own `functional_from_config` (in tf_keras a nested model's node
       0 is the model itself; in Keras 3 it is its first call);
     * a node's `training=False` is dropped: Keras 3 overrides it with the model's
       own `training` flag, tf_keras would keep it, freezing Dropout during fine-tuning.
 
-The weights are then copied layer by layer, and the import is always verified:
-both models run on a fixed probe batch, and the import is refused, naming the
-first layer whose output differs, unless every output agrees within
-`TOLERANCE` (relative to the output's largest magnitude, at least 1), and so does
-the output of every top-level layer and op.
+The weights are then copied layer by layer, and the import is always verified
+(`equivalence`): both models run on two fixed probe batches, and the import is
+refused, naming the first layer or op whose output differs, unless every output and
+every top-level layer's and op's output agree within `equivalence.TOLERANCE`
+(relative to max(1, the largest value)). The op table is `keras3_ops`.
 
 Example:
     model = tfcompress.load_model("keras3_model.keras")      # finds Keras 3 by itself
@@ -44,15 +44,13 @@ import zipfile
 import numpy as np
 
 from tfcompress import activations
+from tfcompress.equivalence import check_same, copy_weights, short_name
 from tfcompress.errors import ModelLoadError
 from tfcompress.keras import keras, tf
+from tfcompress.keras3_ops import OPS, Unsupported
 
 # The Keras 3 versions whose configs this translation was tested on (major.minor).
 TESTED_VERSIONS = ("3.15",)
-TOLERANCE = 1e-4
-_PROBE_SEED = 20261205
-_PROBE_BATCH = 2
-_FREE_DIM = 32  # a None spatial/time dimension in the probe batch
 
 _SUBCLASSED_WAY_OUT = (
     "it is a subclassed Keras 3 model, which has no graph config to import; build the same "
@@ -312,23 +310,19 @@ class _Replay:
         kind = layer_config["class_name"]
         config = dict(layer_config.get("config") or {})
         config.pop("name", None)
-        build = _OPS.get(kind)
+        build = OPS.get(kind)
         if build is None:
             self.fail(f"{name!r} is the Keras 3 op {kind} ({layer_config.get('module')}), "
                       f"which tfcompress cannot import yet; supported ops: "
-                      f"{', '.join(sorted(_OPS))}; replace it with a Keras layer")
+                      f"{', '.join(sorted(OPS))}; replace it with a Keras layer")
         try:
             return build(name, args, kwargs, config)
-        except _Unsupported as e:
+        except Unsupported as e:
             self.fail(f"{name!r} (Keras 3 op {kind}): {e}")
 
 
 class _NotYet(Exception):
     """A node's input is produced by a node not replayed yet."""
-
-
-class _Unsupported(Exception):
-    """An op's arguments have no tf_keras equivalent; the message says which."""
 
 
 def _is_op(layer_config):
@@ -456,248 +450,8 @@ def _accepted_keys_of(cls):
     return {p.name for p in inspect.signature(cls.__init__).parameters.values()} - {"self"}
 
 
-# ----------------------------------------------------------------------------- Keras 3 ops
-
-def _tf_op(function):
-    """An op builder calling the TF function `function` (a tf_keras TF-op layer results)."""
-    def build(name, args, kwargs, config):
-        if kwargs or config:
-            raise _Unsupported(f"arguments {sorted({**kwargs, **config})} are not supported")
-        return function(*args)
-    return build
-
-
-def _activation_op(activation):
-    def build(name, args, kwargs, config):
-        if len(args) != 1 or kwargs or config:
-            raise _Unsupported("takes one tensor and no options here")
-        return keras.layers.Activation(activation, name=name)(args[0])
-    return build
-
-
-def _reduce(function):
-    def build(name, args, kwargs, config):
-        if config.pop("initial", None) is not None:
-            raise _Unsupported("`initial` is not supported")
-        return function(args[0], axis=config.get("axis"), keepdims=config.get("keepdims", False))
-    return build
-
-
-def _mean(name, args, kwargs, config):
-    """A mean over the spatial axes (a squeeze-and-excite pool) as the pooling layer."""
-    x, axis = args[0], config.get("axis")
-    axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
-    pools = {(4, (1, 2)): keras.layers.GlobalAveragePooling2D,
-             (3, (1,)): keras.layers.GlobalAveragePooling1D}
-    pool = pools.get((len(x.shape), axis))
-    if pool is not None and not kwargs:
-        return pool(keepdims=config.get("keepdims", False), name=name)(x)
-    return _reduce(tf.math.reduce_mean)(name, args, kwargs, config)
-
-
-def _reshape(name, args, kwargs, config):
-    shape = list(config.get("newshape") or [])
-    if shape and shape[0] in (-1, None) and -1 not in shape[1:] and not kwargs:
-        return keras.layers.Reshape(shape[1:], name=name)(args[0])
-    return tf.reshape(args[0], shape)
-
-
-def _transpose(name, args, kwargs, config):
-    axes = config.get("axes")
-    if axes and axes[0] == 0 and not kwargs:
-        return keras.layers.Permute(tuple(axes[1:]), name=name)(args[0])
-    return tf.transpose(args[0], perm=axes)
-
-
-def _softmax(name, args, kwargs, config):
-    return keras.layers.Softmax(axis=config.get("axis", -1), name=name)(args[0])
-
-
-def _gelu(name, args, kwargs, config):
-    return tf.nn.gelu(args[0], approximate=config.get("approximate", True))
-
-
-def _with(function, **renames):
-    """A builder passing the op's config to `function` as keyword arguments (renamed)."""
-    def build(name, args, kwargs, config):
-        options = {renames.get(k, k): v for k, v in config.items()}
-        return function(*args, **options, **kwargs)
-    return build
-
-
-def _concat(name, args, kwargs, config):
-    tensors, axis = list(args[0]), config.get("axis", 0)
-    if axis != 0 and len(tensors) > 1:  # axis 0 is the batch: not a layer's job
-        return keras.layers.Concatenate(axis=axis, name=name)(tensors)
-    return tf.concat(tensors, axis=axis)
-
-
-def _get_item(name, args, kwargs, config):
-    return args[0][tuple(args[1]) if isinstance(args[1], list) else args[1]]
-
-
-def _is_tensor(value):
-    return keras.backend.is_keras_tensor(value) if hasattr(value, "shape") else False
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _elementwise(kind, function, merge=None):
-    """`x + 3.0`, `x * (1 / 6)`, `x - y`...: Keras layers where one exists, so TFMOT's
-    QAT can wrap them (it cannot wrap a TF-op layer): a tensor and a number become a
-    `Rescaling` (x * scale + offset), two tensors a merge layer (`Add`, `Multiply`...;
-    they broadcast as Keras 3's ops do); anything else a TF-op layer."""
-    def build(name, args, kwargs, config):
-        if kwargs or config or len(args) != 2:
-            raise _Unsupported(f"arguments {sorted({**kwargs, **config})} are not supported")
-        a, b = args
-        if _is_tensor(a) and _is_tensor(b) and merge is not None:
-            return merge(name=name)([a, b])
-        x, number = (a, b) if _is_tensor(a) and _is_number(b) else (b, a)
-        if _is_tensor(x) and _is_number(number):
-            affine = {("Add", 0): (1.0, number), ("Add", 1): (1.0, number),
-                      ("Subtract", 0): (1.0, -number), ("Subtract", 1): (-1.0, number),
-                      ("Multiply", 0): (number, 0.0), ("Multiply", 1): (number, 0.0)}
-            if kind in ("TrueDivide", "Divide") and x is a and number != 0:
-                affine[(kind, 0)] = (1.0 / number, 0.0)
-            scale_offset = affine.get((kind, 0 if x is a else 1))
-            if scale_offset is not None:
-                return keras.layers.Rescaling(*scale_offset, name=name)(x)
-        return function(a, b)
-    return build
-
-
-def _negative(name, args, kwargs, config):
-    return keras.layers.Rescaling(-1.0, name=name)(args[0])
-
-
-_OPS = {
-    "Add": _elementwise("Add", tf.math.add, keras.layers.Add),
-    "Subtract": _elementwise("Subtract", tf.math.subtract, keras.layers.Subtract),
-    "Multiply": _elementwise("Multiply", tf.math.multiply, keras.layers.Multiply),
-    "TrueDivide": _elementwise("TrueDivide", tf.math.truediv),
-    "Divide": _elementwise("Divide", tf.math.truediv),
-    "Maximum": _elementwise("Maximum", tf.math.maximum, keras.layers.Maximum),
-    "Minimum": _elementwise("Minimum", tf.math.minimum, keras.layers.Minimum),
-    "Power": _tf_op(tf.math.pow), "Negative": _negative, "Absolute": _tf_op(tf.math.abs),
-    "Abs": _tf_op(tf.math.abs), "Sqrt": _tf_op(tf.math.sqrt), "Square": _tf_op(tf.math.square),
-    "Exp": _tf_op(tf.math.exp), "Log": _tf_op(tf.math.log), "Erf": _tf_op(tf.math.erf),
-    "Matmul": _tf_op(tf.linalg.matmul), "Tanh": _activation_op("tanh"),
-    "Relu": _activation_op("relu"), "Relu6": _activation_op("relu6"),
-    "Sigmoid": _activation_op("sigmoid"), "Silu": _activation_op("swish"),
-    "HardSigmoid": _activation_op(activations.hard_sigmoid),
-    "HardSilu": _activation_op(activations.hard_swish), "Softmax": _softmax, "Gelu": _gelu,
-    "Mean": _mean, "Sum": _reduce(tf.math.reduce_sum),
-    "Max": _reduce(tf.math.reduce_max), "Min": _reduce(tf.math.reduce_min),
-    "Reshape": _reshape, "Transpose": _transpose,
-    "ExpandDims": _with(tf.expand_dims), "Squeeze": _with(tf.squeeze),
-    "Clip": _with(tf.clip_by_value, x_min="clip_value_min", x_max="clip_value_max"),
-    "Cast": _with(tf.cast), "Concatenate": _concat, "GetItem": _get_item,
-}
-
-
-# ------------------------------------------------------------------------- weights, check
-
-def _layers_by_path(model, prefix=""):
-    """{"outer/inner/layer": layer} for every layer of `model`, nested models included."""
-    found = {}
-    for layer in model.layers:
-        path = prefix + layer.name
-        found[path] = layer
-        if hasattr(layer, "layers") and layer.layers and isinstance(getattr(layer, "layers"),
-                                                                     list):
-            found.update(_layers_by_path(layer, path + "/"))
-    return found
-
-
-def _short(variable):
-    name = getattr(variable, "path", None) or variable.name
-    return name.split("/")[-1].split(":")[0]
-
-
-def copy_weights(source, target, what):
-    """Copies each layer's weights from `source` to the layer of the same path in `target`
-    (Keras 3 to tf_keras on import, tf_keras to Keras 3 on export).
-
-    Raises:
-        ModelLoadError: `what`, then the layer whose weights do not fit.
-    """
-    targets_by_path = _layers_by_path(target)
-    for path, layer in _layers_by_path(source).items():
-        if hasattr(layer, "layers") and isinstance(getattr(layer, "layers"), list):
-            continue  # a nested model: its layers are copied one by one
-        given = {_short(v): v for v in layer.weights}
-        if not given:
-            continue
-        twin = targets_by_path.get(path)
-        if twin is None:
-            raise ModelLoadError(f"{what}: layer {path!r} has weights but no counterpart in "
-                                 "the rebuilt model")
-        wanted = twin.weights
-        if len(wanted) != len(given):
-            raise ModelLoadError(
-                f"{what}: layer {path!r} has {len(given)} weights ({', '.join(given)}) and "
-                f"{len(wanted)} in the rebuilt model ({', '.join(_short(v) for v in wanted)})")
-        # By name where the names agree (kernel, bias, gamma...), else in order.
-        names_agree = {_short(v) for v in wanted} == set(given)
-        values = [given[_short(v)] for v in wanted] if names_agree else list(layer.weights)
-        for variable, value in zip(wanted, values):
-            value = np.asarray(value.numpy())
-            if tuple(variable.shape) != value.shape:
-                raise ModelLoadError(
-                    f"{what}: layer {path!r} weight {_short(variable)} has shape {value.shape} "
-                    f"and {tuple(variable.shape)} in the rebuilt model")
-            variable.assign(value.astype(np.asarray(variable.numpy()).dtype))
-
-
-def probe_batches(model):
-    """Fixed inputs for `model`: standard-normal values, and pixel-like values in
-    [0, 255] (a model with `Rescaling(1/255)` inside sees near-constant features on the
-    first); integer inputs get small integers. Seeded, so every import sees the same."""
-    rng = np.random.default_rng(_PROBE_SEED)
-    batches = []
-    for draw in (lambda shape: rng.standard_normal(shape),
-                 lambda shape: rng.uniform(0.0, 255.0, shape)):
-        batch = []
-        for tensor in model.inputs:
-            shape = [_PROBE_BATCH] + [d if d is not None else _FREE_DIM
-                                      for d in tensor.shape[1:]]
-            dtype = tensor.dtype.as_numpy_dtype
-            if np.issubdtype(dtype, np.integer):
-                batch.append(rng.integers(0, 2, size=shape).astype(dtype))
-            else:
-                batch.append(draw(shape).astype(dtype))
-        batches.append(batch)
-    return batches
-
-
-def _difference(reference, output):
-    """Largest |reference - output| relative to max(1, max |reference|): absolute for
-    outputs of unit scale or less, relative for larger ones."""
-    reference = np.asarray(reference, np.float64)
-    output = np.asarray(output, np.float64)
-    if reference.shape != output.shape:
-        return float("inf")
-    both_nan = np.isnan(reference) & np.isnan(output)  # e.g. log of a negative probe value
-    if np.any(np.isnan(reference) != np.isnan(output)):
-        return float("inf")
-    reference, output = reference[~both_nan], output[~both_nan]
-    if reference.size == 0:
-        return 0.0
-    finite = np.isfinite(reference)
-    if np.any(reference[~finite] != output[~finite]):
-        return float("inf")
-    reference, output = reference[finite], output[finite]
-    if reference.size == 0:
-        return 0.0
-    scale = max(1.0, float(np.max(np.abs(reference))))
-    return float(np.max(np.abs(reference - output))) / scale
-
-
 def verify(model3, model, what, tensors=None):
-    """Refuses the import unless both models agree on a probe batch (see TOLERANCE).
+    """Refuses the import unless both models agree on the probe batches (`equivalence`).
 
     Compares the outputs, and with `tensors` ({Keras 3 op/layer name: tf_keras
     tensor}, from the rebuild) the output of every top-level layer and op called once,
@@ -717,41 +471,6 @@ def verify(model3, model, what, tensors=None):
     return check_same(model3, model, pairs, f"{what}: cannot import: the tf_keras model "
                       "differs from the Keras 3 model")
 
-
-def check_same(reference, candidate, pairs, failure):
-    """Raises ModelLoadError(`failure` + where) unless `candidate` computes what
-    `reference` does on the probe batches: their outputs, and each (name, reference
-    tensor, candidate tensor) of `pairs` (models of either Keras, in any order).
-
-    Returns:
-        The largest relative difference seen.
-    """
-    def probe(model, tensors):
-        model_class = keras3_package().Model if _is_keras3(model) else keras.Model
-        return model_class(model.inputs, tensors)
-
-    names = [name for name, _, _ in pairs]
-    probe_ref = probe(reference, list(reference.outputs) + [t for _, t, _ in pairs])
-    probe_cand = probe(candidate, list(tf.nest.flatten(candidate.outputs)) +
-                       [t for _, _, t in pairs])
-    differences = np.zeros(len(names) + len(reference.outputs))
-    for batch in probe_batches(candidate if not _is_keras3(candidate) else reference):
-        references = tf.nest.flatten(probe_ref(batch, training=False))
-        outputs = tf.nest.flatten(probe_cand(batch, training=False))
-        differences = np.maximum(differences, [_difference(np.asarray(r), np.asarray(o))
-                                               for r, o in zip(references, outputs)])
-    worst = float(np.max(differences, initial=0.0))
-    if worst <= TOLERANCE:
-        return worst
-    where = next((f", first at {name!r} ({d:.2g})" for name, d in
-                  zip(names, differences[len(reference.outputs):]) if d > TOLERANCE), "")
-    raise ModelLoadError(f"{failure} by {worst:.2g} (relative; at most {TOLERANCE:g} allowed) "
-                         f"on a probe batch{where}; please report it with the model file")
-
-
-def _is_keras3(model):
-    from tfcompress.keras import is_keras3_model
-    return is_keras3_model(model)
 
 
 # --------------------------------------------------------------------- subclassed models
@@ -822,7 +541,7 @@ def _assign_by_attribute(obj, group, where):
     for i, variable in enumerate(own):
         value = np.asarray(stored[str(i)])
         if tuple(variable.shape) != value.shape:
-            raise ValueError(f"{where}{_short(variable)} has shape {value.shape} in the "
+            raise ValueError(f"{where}{short_name(variable)} has shape {value.shape} in the "
                                  f"file and {tuple(variable.shape)} in the tf_keras model")
         variable.assign(value)
     for key in group:
