@@ -26,7 +26,7 @@ import warnings
 from tfcompress.errors import TfcompressError
 from tfcompress.keras import ensure_tf_keras_model, keras, tf
 from tfcompress.equivalence import check_same, copy_weights
-from tfcompress.keras3_import import keras3_package
+from tfcompress.keras3_import import keras3_package, replay_nodes
 
 
 class Keras3ExportError(TfcompressError, ValueError):
@@ -189,18 +189,7 @@ class _Replay:
             # tf_keras counts a nested network's own node as its node 0.
             nodes[name] = [None] if _is_network(layer_config) else []
             pending += [(name, target, node) for node in layer_config["inbound_nodes"]]
-        while pending:
-            waiting = []
-            for name, target, node in pending:
-                try:
-                    args, kwargs = self.arguments(node, nodes)
-                except LookupError:
-                    waiting.append((name, target, node))
-                    continue
-                nodes[name].append(self.call(name, target, args, kwargs))
-            if len(waiting) == len(pending):
-                self.fail("its graph has nodes whose inputs never appear")
-            pending = waiting
+        replay_nodes(pending, nodes, self.arguments, self.call, self.fail)
 
         def tensor(entry):
             return tf.nest.flatten(nodes[entry[0]][entry[1]])[entry[2]]

@@ -234,19 +234,7 @@ class _Replay:
             if layer_config["class_name"] in ("Functional", "Model"):
                 functional.add(name)
             pending += [(name, target, node) for node in layer_config["inbound_nodes"]]
-        while pending:
-            waiting = []
-            for name, target, node in pending:
-                try:
-                    args, kwargs = self.arguments(node, nodes)
-                except _NotYet:
-                    waiting.append((name, target, node))
-                    continue
-                nodes[name].append(self.call(name, target, args, kwargs))
-            if len(waiting) == len(pending):
-                self.fail("its graph has nodes whose inputs never appear: "
-                          + ", ".join(sorted({name for name, _, _ in waiting})[:5]))
-            pending = waiting
+        replay_nodes(pending, nodes, self.arguments, self.call, self.fail)
 
         def tensor(name, node_index, tensor_index):
             # As Keras 3.15's functional_from_config.get_tensor, which subtracts one for a
@@ -321,8 +309,35 @@ class _Replay:
             self.fail(f"{name!r} (Keras 3 op {kind}): {e}")
 
 
-class _NotYet(Exception):
+class _NotYet(LookupError):
     """A node's input is produced by a node not replayed yet."""
+
+
+def replay_nodes(pending, nodes, arguments, call, fail):
+    """Calls each pending node once its inputs exist, as Keras's own `from_config` does
+    (a layer shared at several depths has nodes that must wait for later ones).
+
+    Args:
+        pending: [(layer name, layer or op, node data)], in config order.
+        nodes: {layer name: [outputs of its nodes so far]}; appended to.
+        arguments: node data, nodes -> (args, kwargs); raises LookupError when an
+            input is not there yet.
+        call: (name, layer or op, args, kwargs) -> the node's outputs.
+        fail: called with the message when some nodes can never run.
+    """
+    while pending:
+        waiting = []
+        for name, target, node in pending:
+            try:
+                args, kwargs = arguments(node, nodes)
+            except LookupError:
+                waiting.append((name, target, node))
+                continue
+            nodes[name].append(call(name, target, args, kwargs))
+        if len(waiting) == len(pending):
+            fail("its graph has nodes whose inputs never appear: "
+                 + ", ".join(sorted({name for name, _, _ in waiting})[:5]))
+        pending = waiting
 
 
 def _is_op(layer_config):

@@ -10,7 +10,8 @@ from tfcompress.keras import keras
 from tfcompress.keras3_export import Keras3ExportError
 
 
-@pytest.mark.parametrize("name", ["mixed", "nested", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["mixed", "nested", pytest.param(
+    "mobilenet_v3_small", marks=pytest.mark.slow)])  # 17 s: `make test-all`
 def test_cli_writes_a_keras3_file_keras3_runs_the_same(keras3_dir, keras3_builder, tmp_path,
                                                        name):
     model = tfcompress.load_model(keras3_dir / f"{name}.keras")  # imported, then out again

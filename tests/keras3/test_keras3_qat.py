@@ -13,8 +13,8 @@ def test_imported_mobilenet_v3_small_trains_quantization_aware_and_converts(kera
     model = tfcompress.load_model(keras3_dir / "mobilenet_v3_small.keras")
     qat = quantization.quantize(model)  # hard-swish, `x + 3.0`, SE Multiply, Rescaling
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (32, 96, 96, 3)).astype(np.float32)
-    y = rng.integers(0, 10, 32)
+    x = rng.uniform(0, 255, (16, 96, 96, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
     qat.compile(keras.optimizers.Adam(1e-4),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = qat.fit(x, y, epochs=1, batch_size=16, verbose=0)
