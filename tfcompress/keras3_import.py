@@ -326,12 +326,15 @@ def replay_nodes(pending, nodes, arguments, call, fail):
         fail: called with the message when some nodes can never run.
     """
     while pending:
-        waiting = []
+        waiting, blocked = [], set()
         for name, target, node in pending:
             try:
+                if name in blocked:  # a layer's nodes run in order: node k is its k-th call
+                    raise LookupError(name)
                 args, kwargs = arguments(node, nodes)
             except LookupError:
                 waiting.append((name, target, node))
+                blocked.add(name)
                 continue
             nodes[name].append(call(name, target, args, kwargs))
         if len(waiting) == len(pending):

@@ -70,6 +70,19 @@ def two_input():
                        name="two_input")
 
 
+def shared():
+    """Layers called twice at different depths: `s` first on a deep tensor (its node 0),
+    then on the input (node 1), and a(b(a(b(x)))); node order matters."""
+    inputs = keras.Input((6,), name="x")
+    s = layers.Dense(6, name="s")
+    deep = s(layers.Dense(6, name="c2")(layers.Dense(6, name="c1")(inputs)))
+    shallow = s(inputs)
+    a = layers.Dense(6, activation="tanh", name="a")
+    b = layers.Dense(6, name="b")
+    x = layers.Add(name="join")([deep, shallow * 2.0])
+    return keras.Model(inputs, a(b(a(b(x)))), name="shared")
+
+
 def mixed():
     """Rescaling, Dropout, a frozen BN, keras.ops calls, hard_sigmoid/hard_silu, LayerNorm."""
     inputs = keras.Input((28, 28, 1), name="pixels")

@@ -9,8 +9,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILDER = os.path.join(HERE, "build_keras3_models.py")
 MODELS = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "nested",
-          "two_input", "mixed", "all_ops", "plain", "subclassed", "with_lambda", "unsupported_op",
-          "rms_norm")
+          "two_input", "shared", "mixed", "all_ops", "plain", "subclassed", "with_lambda",
+          "unsupported_op", "rms_norm")
 
 
 def build_keras3(out_dir, *args):

@@ -30,7 +30,8 @@ def _assert_matches_keras3(model, npz_path):
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-                                  "resnet50", "nested", "two_input", "mixed", "all_ops"])
+                                  "resnet50", "nested", "two_input", "shared", "mixed",
+                                  "all_ops"])
 def test_keras3_file_imports_and_matches(keras3_dir, name):
     model = tfcompress.load_model(keras3_dir / f"{name}.keras")
     assert isinstance(model, keras.Model)
