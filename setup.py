@@ -26,6 +26,9 @@ setup(
         # Keras 3 files are imported (keras3_import) and written (keras3_export) with Keras 3
         # itself; TF 2.21 pulls it in. The translation is tested on 3.15 (TESTED_VERSIONS).
         "keras==3.15.*",
+        # int4 export modes: Google's AI Edge Quantizer works on a float .tflite without
+        # TensorFlow; 0.10.0 requires ai-edge-litert 2.3.0, the runtime pinned above.
+        "ai-edge-quantizer==0.10.0",
         "absl-py>=1.4",
         "numpy>=1.26",
         # TFMOT imports distutils.version, which Python 3.12 removed; setuptools provides it.

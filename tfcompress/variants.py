@@ -14,6 +14,7 @@ Example:
 """
 
 import os
+import time
 
 from tfcompress.saving import write_json_atomic
 
@@ -110,10 +111,15 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
     rows = []
     for mode in modes:
         log(f"  {name}: converting to {mode}, evaluating through the interpreter")
+        start = time.time()
         data = convert(model, mode, representative_data=calib,
                        batch_size=recipe.export.batch_size)
         file = write_tflite(data, os.path.join(tflite_dir, f"{name}_{mode}.tflite"))
+        converted = time.time()
         rows.append(_measure(file, mode, ds, recipe))
+        # Seconds are logged, not stored: a rerun's rows must equal the first run's.
+        log(f"  {name}: {mode} took {converted - start:.1f} s to convert, "
+            f"{time.time() - converted:.1f} s to evaluate and inspect")
     if recipe.export.keras3:
         _write_keras3(model, stage_dir, name, log)
     if recipe.benchmark.devices:

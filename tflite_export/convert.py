@@ -4,7 +4,8 @@ Each export mode is one row of converter settings in `MODES` (an `ExportMode`:
 name, one-line description, optimizations, supported types and ops, whether it
 needs calibration data, integer input/output); `convert` applies the row.
 `MODE_NAMES` lists them in order: float32, float16, dynamic, int8, int8_full
-(int8 everywhere, for the Edge TPU and MCUs), int16x8.
+(int8 everywhere, for the Edge TPU and MCUs), int16x8, and the int4 modes that AI Edge
+Quantizer writes from the float32 file (`int4.py`).
 
 Importing this module does not import TensorFlow (recipe validation reads the
 table); `convert` does.
@@ -49,6 +50,8 @@ class ExportMode:
             take `supported_ops` (the converter would then demand calibration
             data), this is checked after conversion instead.
         sparse: may store pruned weights sparse (EXPERIMENTAL_SPARSITY).
+        int4: the float32 file is rewritten by AI Edge Quantizer (`int4.py`); the
+            converter settings above are unused.
     """
     name: str
     description: str
@@ -60,11 +63,12 @@ class ExportMode:
     qat_ranges: bool = False
     full_integer: bool = False
     sparse: bool = False
+    int4: bool = False
 
     @property
     def quantized(self):
-        """True when the converter quantizes anything (every mode but float32)."""
-        return bool(self.optimizations)
+        """True when anything is quantized (every mode but float32)."""
+        return bool(self.optimizations) or self.int4
 
 
 MODES = {m.name: m for m in (
@@ -83,6 +87,13 @@ MODES = {m.name: m for m in (
                optimizations=("DEFAULT",),
                supported_ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",),
                needs_calibration=True),
+    ExportMode("int4_weights", "int4 conv/dense weights (depthwise int8), float compute; "
+               "AI Edge Quantizer, round-to-nearest", int4=True),
+    ExportMode("int4_dynamic", "int4 conv/dense weights (depthwise int8), activations "
+               "quantized at run time; AI Edge Quantizer", int4=True),
+    ExportMode("int4_w4a8", "int4 conv/dense weights, int8 everywhere else, int8 "
+               "input/output (full integer); AI Edge Quantizer", needs_calibration=True,
+               io_type="int8", full_integer=True, int4=True),
 )}
 MODE_NAMES = tuple(MODES)
 NEEDS_CALIBRATION = tuple(m.name for m in MODES.values() if m.needs_calibration)
@@ -233,6 +244,8 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
                           "samples) to calibrate activation ranges; pass representative_data= "
                           "(CLI: --calibration DATA), or train quantization-aware first")
 
+    if row.int4:
+        return _convert_int4(model, mode, representative_data, batch_size)
     fn = fixed_batch_function(model, batch_size)
     # The converter saves its trackable object as a SavedModel first. Handing it the
     # Keras model makes Keras trace every layer (30 s for MobileNetV2 here); a bare
@@ -266,6 +279,25 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
     if learned_ranges and row.full_integer:
         _check_full_integer(result, model)
     return result
+
+
+def _convert_int4(model, mode, representative_data, batch_size):
+    """The float32 file, rewritten by AI Edge Quantizer in int4 `mode` (see int4.py)."""
+    from tflite_export import int4
+    if is_qat_model(model):
+        raise ExportError(f"{mode} rewrites a float model; a QAT model learned int8 ranges: "
+                          "export it in int8 or int8_full")
+    float_bytes = convert(model, "float32", batch_size=batch_size)
+    samples = None
+    if MODES[mode].needs_calibration:
+        samples = list(representative_dataset(representative_data, model, batch_size)())
+    try:
+        return int4.quantize(float_bytes, mode, samples)
+    except ExportError:
+        raise
+    except Exception as e:  # AEQ raises ValueError, KeyError...: keep its reason
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ExportError(f"{mode} quantization of {model.name} failed: {reason[:600]}") from e
 
 
 def _check_full_integer(tflite_bytes, model):

@@ -1,0 +1,103 @@
+"""int4 export modes through AI Edge Quantizer: what the files hold, how they score,
+and that calibration ranges cover the calibration data."""
+
+import numpy as np
+import pytest
+
+from tfcompress import quantization
+from tfcompress.keras import keras
+from tflite_export import int4
+from tflite_export.convert import ExportError, MODES, convert
+from tflite_export.evaluate import evaluate_tflite
+from tflite_export.inspect import inspect_tflite
+from tflite_export.tflite_file import parse_tflite, tensor_type_name, op_name
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A conv / depthwise / dense classifier trained on a learnable 4-class problem."""
+    rng = np.random.default_rng(0)
+    templates = rng.random((4, 12, 12, 1)).astype(np.float32)
+
+    def split(n):
+        y = rng.integers(0, 4, n)
+        x = np.clip(templates[y] + 0.35 * rng.standard_normal((n, 12, 12, 1)), 0, 1)
+        return x.astype(np.float32), y
+
+    x, y = split(1200)
+    x_test, y_test = split(300)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 1))
+    h = L.Conv2D(16, 3, activation="relu", name="conv")(inputs)
+    h = L.DepthwiseConv2D(3, activation="relu", name="dw")(h)
+    h = L.Conv2D(32, 1, activation="relu", name="pw")(h)
+    h = L.Dense(48, activation="relu", name="hidden")(L.Flatten()(h))  # weights dominate
+    model = keras.Model(inputs, L.Dense(4, activation="softmax", name="head")(h))
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return model, x, x_test, y_test
+
+
+def _weight_types(tflite_bytes):
+    """{op name: set of the type names of its constant weight inputs (the filter)}."""
+    model = parse_tflite(tflite_bytes)
+    graph = model.subgraphs[0]
+    types = {}
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "DEQUANTIZE"):
+            tensor = graph.tensors[op.inputs[1 if name != "DEQUANTIZE" else 0]]
+            types.setdefault(name, set()).add(tensor_type_name(tensor))
+    return types
+
+
+@pytest.mark.parametrize("mode", ["int4_weights", "int4_dynamic", "int4_w4a8"])
+def test_int4_modes_hold_int4_weights_and_keep_the_accuracy(trained, tmp_path, mode):
+    model, x, x_test, y_test = trained
+    float_path = tmp_path / "float32.tflite"
+    float_path.write_bytes(convert(model, "float32"))
+    data = convert(model, mode, representative_data=x[:100])
+    path = tmp_path / f"{mode}.tflite"
+    path.write_bytes(data)
+    types = _weight_types(data)
+    if mode == "int4_weights":  # int4 filters dequantized to float before each op
+        assert types["DEQUANTIZE"] == {"INT4", "INT8"}
+    else:
+        assert types["CONV_2D"] == {"INT4"} and types["FULLY_CONNECTED"] == {"INT4"}
+        assert types["DEPTHWISE_CONV_2D"] == {"INT8"}
+    info = inspect_tflite(str(path))
+    assert info["is_full_integer"] == (mode == "int4_w4a8")
+    int8_bytes = len(convert(model, "int8_full", representative_data=x[:100]))
+    assert info["file_bytes"] <= 0.65 * int8_bytes
+    float_top1 = evaluate_tflite(str(float_path), x_test, y_test, top_k=(1,),
+                                 progress=False)["top1"]
+    top1 = evaluate_tflite(str(path), x_test, y_test, top_k=(1,), progress=False)["top1"]
+    assert float_top1 > 0.9
+    assert top1 >= float_top1 - 0.03
+
+
+def test_calibration_ranges_cover_every_calibration_value(trained):
+    model, x, _, _ = trained
+    float_bytes = convert(model, "float32")
+    samples = [[s[None]] for s in x[:50]]
+    ranges = int4.calibration_ranges(float_bytes, "int4_w4a8", samples)
+    graph = parse_tflite(float_bytes).subgraphs[0]
+    input_name = graph.tensors[graph.inputs[0]].name.decode()
+    assert float(np.min(ranges[input_name]["min"])) <= float(x[:50].min())
+    assert float(np.max(ranges[input_name]["max"])) >= float(x[:50].max())
+    # AEQ's own update is a moving average: one sample per step narrows the range.
+    from ai_edge_quantizer import qtyping  # noqa: F401 - AEQ is installed
+    moving = {"min": np.array(0.0), "max": np.array(1.0)}
+    assert int4._widen(moving, {"min": np.array(-0.5), "max": np.array(0.5)}) == {
+        "min": -0.5, "max": 1.0}
+
+
+def test_int4_refuses_what_it_cannot_do(trained):
+    model, x, _, _ = trained
+    with pytest.raises(ExportError, match="int4_w4a8 needs representative_data"):
+        convert(model, "int4_w4a8")
+    with pytest.raises(ExportError, match="a QAT model learned int8 ranges"):
+        convert(quantization.quantize(model), "int4_weights")
+    assert all(MODES[m].quantized for m in ("int4_weights", "int4_dynamic", "int4_w4a8"))
