@@ -44,6 +44,7 @@ bench: data
 	$(PY) -m benchmarks.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
 	$(PY) -m benchmarks.bench_tflite --out=runs/bench-tflite
 	$(PY) -m benchmarks.bench_channel_pruning --out=runs/bench-channel-pruning
+	$(PY) -m benchmarks.bench_int4 --out=runs/bench-int4
 
 clean:
 	rm -rf runs build *.egg-info

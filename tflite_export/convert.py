@@ -52,6 +52,8 @@ class ExportMode:
         sparse: may store pruned weights sparse (EXPERIMENTAL_SPARSITY).
         int4: the float32 file is rewritten by AI Edge Quantizer (`int4.py`); the
             converter settings above are unused.
+        learned_rounding: the Keras weights are rounded by AdaRound on the calibration
+            data first (`tfcompress.quantization.adaround`).
     """
     name: str
     description: str
@@ -64,6 +66,7 @@ class ExportMode:
     full_integer: bool = False
     sparse: bool = False
     int4: bool = False
+    learned_rounding: bool = False
 
     @property
     def quantized(self):
@@ -91,6 +94,9 @@ MODES = {m.name: m for m in (
                "AI Edge Quantizer, round-to-nearest", int4=True),
     ExportMode("int4_dynamic", "int4 conv/dense weights (depthwise int8), activations "
                "quantized at run time; AI Edge Quantizer", int4=True),
+    ExportMode("int4_adaround", "int4_weights after learned rounding (AdaRound) and bias "
+               "correction on the calibration data", needs_calibration=True, int4=True,
+               learned_rounding=True),
     ExportMode("int4_w4a8", "int4 conv/dense weights, int8 everywhere else, int8 "
                "input/output (full integer); AI Edge Quantizer", needs_calibration=True,
                io_type="int8", full_integer=True, int4=True),
@@ -287,10 +293,15 @@ def _convert_int4(model, mode, representative_data, batch_size):
     if is_qat_model(model):
         raise ExportError(f"{mode} rewrites a float model; a QAT model learned int8 ranges: "
                           "export it in int8 or int8_full")
-    float_bytes = convert(model, "float32", batch_size=batch_size)
     samples = None
     if MODES[mode].needs_calibration:
         samples = list(representative_dataset(representative_data, model, batch_size)())
+    if MODES[mode].learned_rounding:
+        from tfcompress.quantization.adaround import adaround
+        if len(model.inputs) != 1:
+            raise ExportError(f"{mode} takes single-input models")
+        model, _ = adaround(model, np.concatenate([sample[0] for sample in samples]), bits=4)
+    float_bytes = convert(model, "float32", batch_size=batch_size)
     try:
         return int4.quantize(float_bytes, mode, samples)
     except ExportError:

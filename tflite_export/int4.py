@@ -13,7 +13,11 @@ TensorFlow. The modes (rows of `convert.MODES` with `int4=True`):
                   (full integer; whether an NPU runs int4 weights is its own matter:
                   the Edge TPU compiler does not).
 
-Weights are rounded to the nearest step (AEQ's min/max uniform algorithm).
+    int4_adaround int4_weights of the model after `tfcompress.quantization.adaround`
+                  learned each Conv2D / Dense weight's rounding on the calibration data;
+                  AEQ then stores exactly those integers.
+
+Otherwise weights are rounded to the nearest step (AEQ's min/max uniform algorithm).
 
 Calibration (int4_w4a8): AEQ's own `Quantizer.calibrate` keeps a moving average of each
 sample's min/max (measured here: fed one image per step it clipped ResNet-8's input
@@ -29,7 +33,8 @@ Example:
 import numpy as np
 
 # Per mode: (how CONV_2D / FULLY_CONNECTED are quantized, how DEPTHWISE_CONV_2D is).
-_RECIPES = {"int4_weights": "weight_only", "int4_dynamic": "dynamic", "int4_w4a8": "static"}
+_RECIPES = {"int4_weights": "weight_only", "int4_dynamic": "dynamic", "int4_w4a8": "static",
+            "int4_adaround": "weight_only"}
 _INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
 
 

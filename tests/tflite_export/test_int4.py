@@ -53,7 +53,7 @@ def _weight_types(tflite_bytes):
     return types
 
 
-@pytest.mark.parametrize("mode", ["int4_weights", "int4_dynamic", "int4_w4a8"])
+@pytest.mark.parametrize("mode", ["int4_weights", "int4_dynamic", "int4_w4a8", "int4_adaround"])
 def test_int4_modes_hold_int4_weights_and_keep_the_accuracy(trained, tmp_path, mode):
     model, x, x_test, y_test = trained
     float_path = tmp_path / "float32.tflite"
@@ -62,7 +62,7 @@ def test_int4_modes_hold_int4_weights_and_keep_the_accuracy(trained, tmp_path, m
     path = tmp_path / f"{mode}.tflite"
     path.write_bytes(data)
     types = _weight_types(data)
-    if mode == "int4_weights":  # int4 filters dequantized to float before each op
+    if mode in ("int4_weights", "int4_adaround"):  # int4 filters dequantized before each op
         assert types["DEQUANTIZE"] == {"INT4", "INT8"}
     else:
         assert types["CONV_2D"] == {"INT4"} and types["FULLY_CONNECTED"] == {"INT4"}
@@ -101,3 +101,26 @@ def test_int4_refuses_what_it_cannot_do(trained):
     with pytest.raises(ExportError, match="a QAT model learned int8 ranges"):
         convert(quantization.quantize(model), "int4_weights")
     assert all(MODES[m].quantized for m in ("int4_weights", "int4_dynamic", "int4_w4a8"))
+
+
+def test_learned_rounding_beats_nearest_on_the_mlperf_ds_cnn(shared_dir, tmp_path):
+    """A model no one here trained: DS-CNN on 800 held-out clips (200 others calibrate)."""
+    import os
+    import tfcompress
+    root = os.path.join(shared_dir, "data", "mlperf_tiny_kws")
+    with np.load(os.path.join(root, "kws01_test.npz")) as z:
+        x = (z["x_int8"].astype(np.float32) - float(z["input_zero_point"])) * \
+            float(z["input_scale"])
+        y = z["y"]
+    model = tfcompress.load_model(os.path.join(root, "ds_cnn_savedmodel"), compile=False)
+    from tflite_export.evaluate import as_runner
+    predictions = {}
+    for mode in ("float32", "int4_weights", "int4_adaround"):
+        path = tmp_path / f"{mode}.tflite"
+        path.write_bytes(convert(model, mode, representative_data=x[:200]))
+        predictions[mode] = np.argmax(as_runner(str(path)).predict(x[200:], progress=False), 1)
+    top1 = {m: float(np.mean(p == y[200:])) for m, p in predictions.items()}
+    agree = {m: float(np.mean(p == predictions["float32"])) for m, p in predictions.items()}
+    print(f"\nDS-CNN top-1 {top1}, agreement with float {agree}")
+    assert top1["int4_adaround"] >= top1["float32"] - 0.015
+    assert agree["int4_adaround"] > agree["int4_weights"] + 0.02
