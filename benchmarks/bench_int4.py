@@ -7,6 +7,9 @@ calibration images and evaluated through the interpreter on the same held-out im
     int4_weights, int4_w4a8     AI Edge Quantizer as is: weights rounded to nearest
     int4_adaround               AdaRound + bias correction on the calibration images,
                                 then stored by AI Edge Quantizer (same grid, same bytes)
+    int4_mixed                  int4 or int8 per layer (learned rounding for the int4
+                                ones): the smallest file within --max_drop points of
+                                float on a budget slice kept apart from the test images
 
 Reported per mode: top-1, agreement with the float32 file's top-1 predictions (far less
 noisy than accuracy on small test sets), bytes and their ratio to int8_full's, seconds to
@@ -14,10 +17,11 @@ export (AdaRound included).
 
 Models:
     ds_cnn      the MLPerf Tiny DS-CNN reference (../shared/data/mlperf_tiny_kws, trained
-                by MLCommons); its 1,000 test clips are split: the first 200 calibrate,
-                the other 800 are held out (there is no training split).
+                by MLCommons); its 1,000 test clips are split: 200 calibrate, 300 are the
+                budget slice, 500 are held out (there is no training split).
     small_cnn   the zoo's small_cnn width 16, trained here 2 epochs on Fashion-MNIST; 200
-                training images calibrate, all 10,000 test images are held out.
+                training images calibrate, the last 500 training images are the budget
+                slice, all 10,000 test images are held out.
 
 Writes OUT/bench_int4.json and OUT/bench_int4.md.
 
@@ -37,8 +41,9 @@ from benchmarks import absl_main, markdown_table
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/bench-int4", "Output folder.")
 flags.DEFINE_list("models", ["ds_cnn", "small_cnn"], "Which models to measure.")
+flags.DEFINE_float("max_drop", 1.0, "int4_mixed's budget: points below float on the slice.")
 
-MODES = ("float32", "int8_full", "int4_weights", "int4_w4a8", "int4_adaround")
+MODES = ("float32", "int8_full", "int4_weights", "int4_w4a8", "int4_adaround", "int4_mixed")
 SHARED_KWS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                           "shared", "data", "mlperf_tiny_kws")
 
@@ -50,7 +55,7 @@ def _ds_cnn():
             float(z["input_scale"])
         y = z["y"]
     model = tfcompress.load_model(os.path.join(SHARED_KWS, "ds_cnn_savedmodel"), compile=False)
-    return model, x[:200], x[200:], y[200:]
+    return model, x[:200], (x[200:500], y[200:500]), x[500:], y[500:]
 
 
 def _small_cnn():
@@ -62,7 +67,8 @@ def _small_cnn():
     model = models.get_model("small_cnn", (28, 28, 1), 10, width=16)
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
     model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=128, verbose=0)
-    return model, ds.x_train[:200], ds.x_test, ds.y_test
+    return model, ds.x_train[:200], (ds.x_train[-500:], ds.y_train[-500:]), ds.x_test, \
+        ds.y_test
 
 
 def _predictions(path, x):
@@ -70,12 +76,17 @@ def _predictions(path, x):
     return np.argmax(as_runner(path).predict(x, progress=False), axis=1)
 
 
-def measure(name, model, calibration, x_test, y_test, out):
+def measure(name, model, calibration, budget_slice, x_test, y_test, out):
     from tflite_export.convert import convert, write_tflite
+    from tflite_export.mixed_precision import mixed_int4
     rows, float_predictions, int8_bytes = [], None, None
     for mode in MODES:
         start = time.time()
-        data = convert(model, mode, representative_data=calibration)
+        if mode == "int4_mixed":
+            data, _ = mixed_int4(model, calibration, *budget_slice, max_drop=FLAGS.max_drop,
+                                 log=None)
+        else:
+            data = convert(model, mode, representative_data=calibration)
         seconds = time.time() - start
         path = write_tflite(data, os.path.join(out, f"{name}_{mode}.tflite"))
         predictions = _predictions(path, x_test)

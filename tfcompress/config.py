@@ -143,6 +143,17 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class PtqConfig:
+    """The budget of the `int4_mixed` export mode (tflite_export.mixed_precision): the
+    smallest weight-only file within `max_drop` points of the float model on
+    `validation_samples` held-out training rows, or down to `max_bytes`."""
+    max_drop: Optional[float] = None
+    max_bytes: Optional[int] = None
+    validation_samples: int = 500
+    learned_rounding: bool = True
+
+
+@dataclasses.dataclass
 class BenchmarkConfig:
     """Device profiles (tflite_export.benchmark) to time every variant on; [] skips it."""
     devices: list = dataclasses.field(default_factory=lambda: ["host-1t"])
@@ -163,6 +174,7 @@ class Recipe:
     stages: list = dataclasses.field(default_factory=list)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
+    ptq: PtqConfig = dataclasses.field(default_factory=PtqConfig)
     # tf.distribute strategy of the training stages (tfcompress.distribute): default,
     # mirrored, multi_worker. Not in the stage hash: a run may resume under another.
     strategy: str = "default"
@@ -306,7 +318,7 @@ def recipe_from_dict(values):
         raise RecipeError(f"a recipe must be a mapping at the top level, got {type(values).__name__}")
     values = dict(values)
     sections = {"data": DataConfig, "teacher": ModelSpec, "student": ModelSpec,
-                "export": ExportConfig, "benchmark": BenchmarkConfig}
+                "export": ExportConfig, "benchmark": BenchmarkConfig, "ptq": PtqConfig}
     parsed = {name: _from_dict(cls, values.pop(name, None), name)
               for name, cls in sections.items()}
     stages = values.pop("stages", None) or []
@@ -318,6 +330,23 @@ def recipe_from_dict(values):
     recipe.stages = [_parse_stage(item, i) for i, item in enumerate(stages)]
     validate(recipe)
     return recipe
+
+
+def _validate_ptq(recipe):
+    """int4_mixed needs a budget; the budget's numbers are in range."""
+    ptq = recipe.ptq
+    modes = set(recipe.export.modes)
+    for stage in recipe.stages:
+        modes |= set(stage.export or ())
+    if "int4_mixed" in modes and ptq.max_drop is None and ptq.max_bytes is None:
+        raise RecipeError("export mode int4_mixed needs a budget: set ptq.max_drop (points "
+                          "below the float model, e.g. 1.0) or ptq.max_bytes")
+    if ptq.max_drop is not None and (isinstance(ptq.max_drop, bool) or not isinstance(
+            ptq.max_drop, (int, float)) or not 0 <= ptq.max_drop <= 100):
+        raise RecipeError(f"ptq.max_drop must be points in [0, 100], got {ptq.max_drop!r}")
+    if ptq.max_bytes is not None:
+        _positive(ptq.max_bytes, "ptq.max_bytes")
+    _positive(ptq.validation_samples, "ptq.validation_samples")
 
 
 def _validate_strategy(recipe):
@@ -342,6 +371,7 @@ def validate(recipe):
     recipe.student.validate("student")
     _validate_modes(recipe.export.modes, "export.modes")
     _positive(recipe.export.batch_size, "export.batch_size")
+    _validate_ptq(recipe)
     _validate_strategy(recipe)
     if not isinstance(recipe.benchmark.devices, list):
         raise RecipeError("benchmark.devices must be a list of device profile names "

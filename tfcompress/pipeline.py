@@ -275,6 +275,7 @@ def run(recipe, out_dir, force=False, log=print, verbose=None, allow_unsafe=Fals
         modes = recipe.stage_modes(index) if index >= 0 else list(recipe.export.modes)
         # Exports, accuracies and timings depend on the model and on these settings.
         variant_hash = config_lib.digest([stage_hash, modes, recipe.to_dict()["export"],
+                                         recipe.to_dict()["ptq"],
                                          recipe.to_dict()["benchmark"], recipe.data.eval_samples,
                                          recipe.data.calibration_samples])
         if chief:  # exports, evaluation and benchmarks are the chief's alone

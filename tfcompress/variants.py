@@ -90,6 +90,24 @@ def _write_keras3(model, stage_dir, name, log):
     log(f"  {name}: wrote {path} (Keras 3, checked against the tf_keras model)")
 
 
+def _mixed(model, calibration, ds, recipe, log):
+    """The int4_mixed file and its plan: budget from `recipe.ptq`, points measured on the
+    last `ptq.validation_samples` training rows (the test split stays for the report)."""
+    from tflite_export.mixed_precision import mixed_int4
+    n = min(recipe.ptq.validation_samples, len(ds.x_train))
+    if calibration is None:
+        raise ValueError("int4_mixed rewrites a float model; a QAT model is not one")
+    data, plan = mixed_int4(model, calibration, ds.x_train[-n:], ds.y_train[-n:],
+                            max_drop=recipe.ptq.max_drop, max_bytes=recipe.ptq.max_bytes,
+                            learned_rounding=recipe.ptq.learned_rounding, log=log)
+    int4 = [row["layer"] for row in plan["layers"] if row["bits"] == 4]
+    log(f"  int4_mixed: {len(int4)}/{len(plan['layers'])} layers int4, "
+        f"{100 * plan['top1']:.2f}% on {n} held-out training rows against "
+        f"{100 * plan['float_top1']:.2f}% float, {plan['bytes']:,} bytes; budget "
+        f"{'met' if plan['met'] else 'NOT met'}")
+    return data, plan
+
+
 def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, calibration,
                    force=False, log=print):
     """Exports `model` in `modes` and measures each file; returns the rows (see module doc).
@@ -112,11 +130,17 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
     for mode in modes:
         log(f"  {name}: converting to {mode}, evaluating through the interpreter")
         start = time.time()
-        data = convert(model, mode, representative_data=calib,
-                       batch_size=recipe.export.batch_size)
+        plan = None
+        if mode == "int4_mixed":
+            data, plan = _mixed(model, calib, ds, recipe, log)
+        else:
+            data = convert(model, mode, representative_data=calib,
+                           batch_size=recipe.export.batch_size)
         file = write_tflite(data, os.path.join(tflite_dir, f"{name}_{mode}.tflite"))
         converted = time.time()
         rows.append(_measure(file, mode, ds, recipe))
+        if plan is not None:
+            rows[-1]["plan"] = {k: v for k, v in plan.items() if k != "seconds"}
         # Seconds are logged, not stored: a rerun's rows must equal the first run's.
         log(f"  {name}: {mode} took {converted - start:.1f} s to convert, "
             f"{time.time() - converted:.1f} s to evaluate and inspect")

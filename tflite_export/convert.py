@@ -54,6 +54,8 @@ class ExportMode:
             converter settings above are unused.
         learned_rounding: the Keras weights are rounded by AdaRound on the calibration
             data first (`tfcompress.quantization.adaround`).
+        budget: chosen per layer on labelled data under a budget
+            (`mixed_precision.mixed_int4`): the pipeline makes it, `convert` cannot.
     """
     name: str
     description: str
@@ -67,6 +69,7 @@ class ExportMode:
     sparse: bool = False
     int4: bool = False
     learned_rounding: bool = False
+    budget: bool = False
 
     @property
     def quantized(self):
@@ -97,6 +100,9 @@ MODES = {m.name: m for m in (
     ExportMode("int4_adaround", "int4_weights after learned rounding (AdaRound) and bias "
                "correction on the calibration data", needs_calibration=True, int4=True,
                learned_rounding=True),
+    ExportMode("int4_mixed", "int4 or int8 weights per layer: the smallest file within the "
+               "recipe's ptq budget (max_drop, max_bytes); weight-only", needs_calibration=True,
+               int4=True, budget=True),
     ExportMode("int4_w4a8", "int4 conv/dense weights, int8 everywhere else, int8 "
                "input/output (full integer); AI Edge Quantizer", needs_calibration=True,
                io_type="int8", full_integer=True, int4=True),
@@ -250,6 +256,10 @@ def convert(model_or_path, mode="float32", representative_data=None, batch_size=
                           "samples) to calibrate activation ranges; pass representative_data= "
                           "(CLI: --calibration DATA), or train quantization-aware first")
 
+    if row.budget:
+        raise ExportError(f"{mode} chooses int4 or int8 per layer on labelled data under a "
+                          "budget: use it in a recipe with ptq.max_drop or ptq.max_bytes "
+                          "(tfcompress run), or call tflite_export.mixed_precision.mixed_int4")
     if row.int4:
         return _convert_int4(model, mode, representative_data, batch_size)
     fn = fixed_batch_function(model, batch_size)

@@ -34,7 +34,7 @@ import numpy as np
 
 # Per mode: (how CONV_2D / FULLY_CONNECTED are quantized, how DEPTHWISE_CONV_2D is).
 _RECIPES = {"int4_weights": "weight_only", "int4_dynamic": "dynamic", "int4_w4a8": "static",
-            "int4_adaround": "weight_only"}
+            "int4_adaround": "weight_only"}  # int4_mixed: mixed_precision.py
 _INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
 
 
@@ -99,4 +99,12 @@ def quantize(float_tflite, mode, samples=None):
         if samples is None:
             raise ValueError(f"mode {mode} needs calibration samples")
         ranges = calibration_ranges(float_tflite, mode, samples)
-    return bytes(aeq.quantize(ranges).quantized_model)
+    return quiet_quantize(aeq, ranges)
+
+
+def quiet_quantize(aeq, ranges=None):
+    """`aeq.quantize(ranges)` as bytes, without the size lines AEQ prints to stdout."""
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        return bytes(aeq.quantize(ranges).quantized_model)

@@ -124,3 +124,58 @@ def test_learned_rounding_beats_nearest_on_the_mlperf_ds_cnn(shared_dir, tmp_pat
     print(f"\nDS-CNN top-1 {top1}, agreement with float {agree}")
     assert top1["int4_adaround"] >= top1["float32"] - 0.015
     assert agree["int4_adaround"] > agree["int4_weights"] + 0.02
+
+
+def _int4_filters(tflite_bytes):
+    """Names of the layers whose conv/dense filter is stored int4 (in a weight-only file,
+    through the DEQUANTIZE op that feeds the filter)."""
+    flat = parse_tflite(tflite_bytes)
+    graph = flat.subgraphs[0]
+    producer = {op.outputs[0]: op for op in graph.operators}
+    found = set()
+    for op in graph.operators:
+        if op_name(flat, op) not in ("CONV_2D", "FULLY_CONNECTED"):
+            continue
+        index = op.inputs[1]
+        before = producer.get(index)
+        if before is not None and op_name(flat, before) == "DEQUANTIZE":
+            index = before.inputs[0]
+        tensor = graph.tensors[index]
+        if tensor_type_name(tensor) == "INT4":
+            found.add(tensor.name.decode().split("/")[-2])
+    return found
+
+
+def test_mixed_precision_follows_its_plan_and_its_budget(trained):
+    from tflite_export.mixed_precision import mixed_int4
+    model, x, x_test, y_test = trained
+    # No room: nothing moves to int4, every layer keeps int8.
+    kept, plan = mixed_int4(model, x[:100], x_test, y_test, max_drop=-1e-9, log=None)
+    assert _int4_filters(kept) == set() and all(r["bits"] == 8 for r in plan["layers"])
+    assert not plan["met"]  # -1e-9 points cannot be met: the plan says so
+    # Any drop allowed: every conv/dense layer moves; the file holds what the plan says.
+    small, plan = mixed_int4(model, x[:100], x_test, y_test, max_drop=100.0, log=None)
+    assert {r["layer"] for r in plan["layers"] if r["bits"] == 4} == {"conv", "pw", "hidden",
+                                                                      "head"}
+    assert _int4_filters(small) == {"conv", "pw", "hidden", "head"}
+    assert len(small) < len(kept) and plan["met"]
+    # A byte budget stops moving layers once the file fits.
+    target = (len(kept) + len(small)) // 2
+    middle, plan = mixed_int4(model, x[:100], x_test, y_test, max_bytes=target, log=None)
+    assert len(middle) <= target and plan["met"]
+    assert 0 < len(_int4_filters(middle)) < 4
+
+
+def test_int4_mixed_needs_the_pipeline_and_a_budget(trained, tmp_path):
+    from tfcompress.config import RecipeError, recipe_from_dict
+    model, x, _, _ = trained
+    with pytest.raises(ExportError, match="use it in a recipe with ptq.max_drop"):
+        convert(model, "int4_mixed", representative_data=x[:10])
+    (tmp_path / "m.keras").write_bytes(b"")  # recipes check that the file exists
+    base = {"teacher": {"path": str(tmp_path / "m.keras")},
+            "export": {"modes": ["int4_mixed"]}}
+    with pytest.raises(RecipeError, match="int4_mixed needs a budget: set ptq.max_drop"):
+        recipe_from_dict(base)
+    with pytest.raises(RecipeError, match=r"ptq.max_drop must be points in \[0, 100\]"):
+        recipe_from_dict({**base, "ptq": {"max_drop": 150}})
+    assert recipe_from_dict({**base, "ptq": {"max_drop": 1.0}}).ptq.max_drop == 1.0
