@@ -19,9 +19,12 @@ Models:
     ds_cnn      the MLPerf Tiny DS-CNN reference (../shared/data/mlperf_tiny_kws, trained
                 by MLCommons); its 1,000 test clips are split: 200 calibrate, 300 are the
                 budget slice, 500 are held out (there is no training split).
-    small_cnn   the zoo's small_cnn width 16, trained here 2 epochs on Fashion-MNIST; 200
-                training images calibrate, the last 500 training images are the budget
-                slice, all 10,000 test images are held out.
+    small_cnn   the zoo's small_cnn width 16, trained here 2 epochs on Fashion-MNIST.
+    resnet8     the zoo's ResNet-8, and
+    mobilenet_v2  the zoo's MobileNetV2 alpha 0.35 (resized to 32x32 inside), each trained
+                here 2 epochs on the first 20,000 Fashion-MNIST training images.
+                For these three, 200 training images calibrate, the last 500 training
+                images are the budget slice, all 10,000 test images are held out.
 
 Writes OUT/bench_int4.json and OUT/bench_int4.md.
 
@@ -40,7 +43,8 @@ from benchmarks import absl_main, markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/bench-int4", "Output folder.")
-flags.DEFINE_list("models", ["ds_cnn", "small_cnn"], "Which models to measure.")
+flags.DEFINE_list("models", ["ds_cnn", "small_cnn", "resnet8", "mobilenet_v2"],
+                  "Which models to measure.")
 flags.DEFINE_float("max_drop", 1.0, "int4_mixed's budget: points below float on the slice.")
 
 MODES = ("float32", "int8_full", "int4_weights", "int4_w4a8", "int4_adaround", "int4_mixed")
@@ -58,17 +62,27 @@ def _ds_cnn():
     return model, x[:200], (x[200:500], y[200:500]), x[500:], y[500:]
 
 
-def _small_cnn():
+def _zoo(name, options, train_rows, epochs):
+    """A zoo model trained here on Fashion-MNIST (the first `train_rows` training images)."""
     import models
     from tfcompress import data
     from tfcompress.keras import keras
     ds = data.load_dataset("fashion_mnist")
     keras.utils.set_random_seed(0)
-    model = models.get_model("small_cnn", (28, 28, 1), 10, width=16)
+    model = models.get_model(name, (28, 28, 1), 10, **options)
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
-    model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=128, verbose=0)
+    model.fit(ds.x_train[:train_rows], ds.y_train[:train_rows], epochs=epochs, batch_size=128,
+              verbose=0)
     return model, ds.x_train[:200], (ds.x_train[-500:], ds.y_train[-500:]), ds.x_test, \
         ds.y_test
+
+
+BUILDERS = {
+    "ds_cnn": _ds_cnn,
+    "small_cnn": lambda: _zoo("small_cnn", {"width": 16}, 60000, 2),
+    "resnet8": lambda: _zoo("resnet8", {}, 20000, 2),
+    "mobilenet_v2": lambda: _zoo("mobilenet_v2", {"alpha": 0.35, "input_size": 32}, 20000, 2),
+}
 
 
 def _predictions(path, x):
@@ -104,7 +118,7 @@ def measure(name, model, calibration, budget_slice, x_test, y_test, out):
 
 def run():
     os.makedirs(FLAGS.out, exist_ok=True)
-    builders = {"ds_cnn": _ds_cnn, "small_cnn": _small_cnn}
+    builders = BUILDERS
     rows = []
     for name in FLAGS.models:
         if name == "ds_cnn" and not os.path.isdir(SHARED_KWS):

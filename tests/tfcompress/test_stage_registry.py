@@ -107,8 +107,10 @@ def test_readme_stage_table_is_the_registry_s():
 def test_export_modes_are_read_from_the_converter_s_rows():
     from tflite_export import convert
     assert config.EXPORT_MODES == tuple(convert.MODES) == (
-        "float32", "float16", "dynamic", "int8", "int8_full", "int16x8")
-    assert config.QATStage().export_modes(["float32", "int8", "float16"]) == ["int8"]
+        "float32", "float16", "dynamic", "int8", "int8_full", "int16x8", "int4_weights",
+        "int4_dynamic", "int4_adaround", "int4_mixed", "int4_w4a8")
+    assert config.QATStage().export_modes(["float32", "int8", "float16", "int4_weights"]) == \
+        ["int8"]
     assert config.QATStage().export_modes(["float32"]) == ["int8_full"]
 
 
