@@ -14,7 +14,7 @@ Example:
 import numpy as np
 
 from tfcompress.errors import ModelLoadError
-from tfcompress.keras import is_keras3_model, keras, tf
+from tfcompress.keras import is_keras3_model, keras, keras3_package, tf
 
 TOLERANCE = 1e-4
 _PROBE_SEED = 20261205
@@ -127,7 +127,7 @@ def check_same(reference, candidate, pairs, failure):
         The largest relative difference seen.
     """
     def probe(model, tensors):
-        model_class = _keras3().Model if is_keras3_model(model) else keras.Model
+        model_class = keras3_package().Model if is_keras3_model(model) else keras.Model
         return model_class(model.inputs, tensors)
 
     names = [name for name, _, _ in pairs]
@@ -147,8 +147,3 @@ def check_same(reference, candidate, pairs, failure):
                   zip(names, differences[len(reference.outputs):]) if d > TOLERANCE), "")
     raise ModelLoadError(f"{failure} by {worst:.2g} (relative; at most {TOLERANCE:g} allowed) "
                          f"on a probe batch{where}; please report it with the model file")
-
-
-def _keras3():
-    import importlib
-    return importlib.import_module("keras")  # Keras 3 (tfcompress.keras.keras is tf_keras)

@@ -25,7 +25,14 @@ import tf_keras as keras  # noqa: E402
 # then draws the same masks as an uninterrupted one. Layers built from here on.
 keras.backend.experimental.enable_tf_random_generator()
 
-__all__ = ["keras", "tf", "ensure_tf_keras_model", "is_keras3_model"]
+__all__ = ["keras", "tf", "ensure_tf_keras_model", "is_keras3_model", "keras3_package"]
+
+
+def keras3_package():
+    """The Keras 3 package (`import keras`), imported on first use: `keras` here is tf_keras.
+    Only the Keras 3 import and export (keras3_import, keras3_export, equivalence) use it."""
+    import importlib
+    return importlib.import_module("keras")
 
 
 def is_keras3_model(obj):

@@ -24,9 +24,9 @@ import os
 import warnings
 
 from tfcompress.errors import TfcompressError
-from tfcompress.keras import ensure_tf_keras_model, keras, tf
+from tfcompress.keras import ensure_tf_keras_model, keras, keras3_package, tf
 from tfcompress.equivalence import check_same, copy_weights
-from tfcompress.keras3_import import keras3_package, replay_nodes
+from tfcompress.keras3_import import replay_nodes
 
 
 class Keras3ExportError(TfcompressError, ValueError):

@@ -35,7 +35,6 @@ Example:
     model = keras3_import.import_model(keras3_model)          # an in-memory Keras 3 model
 """
 
-import importlib
 import json
 import os
 import warnings
@@ -46,7 +45,7 @@ import numpy as np
 from tfcompress import activations
 from tfcompress.equivalence import check_same, copy_weights, short_name
 from tfcompress.errors import ModelLoadError
-from tfcompress.keras import keras, tf
+from tfcompress.keras import keras, keras3_package, tf
 from tfcompress.keras3_ops import OPS, Unsupported
 
 # The Keras 3 versions whose configs this translation was tested on (major.minor).
@@ -77,11 +76,6 @@ def keras3_version(path):
         return None
     version = version.decode() if isinstance(version, bytes) else version
     return version if isinstance(version, str) and version.startswith("3") else None
-
-
-def keras3_package():
-    """The Keras 3 package (`import keras`; `tfcompress.keras.keras` is tf_keras)."""
-    return importlib.import_module("keras")
 
 
 def import_model(source, what=None, safe_mode=True):

@@ -115,7 +115,7 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
     `model` may be a `pipeline.SavedStageModel`: it is loaded only when the rows
     saved with the same `variant_hash` cannot be reused.
     """
-    from tflite_export.convert import convert, is_qat_model, write_tflite
+    from tflite_export.convert import MODES, convert, is_qat_model, write_tflite
     path = os.path.join(stage_dir, "variants.json")
     if not force:
         rows = _read_variants(path, variant_hash)
@@ -131,7 +131,7 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
         log(f"  {name}: converting to {mode}, evaluating through the interpreter")
         start = time.time()
         plan = None
-        if mode == "int4_mixed":
+        if MODES[mode].budget:  # chosen under the recipe's ptq budget, on labelled rows
             data, plan = _mixed(model, calib, ds, recipe, log)
         else:
             data = convert(model, mode, representative_data=calib,

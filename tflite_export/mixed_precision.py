@@ -99,8 +99,9 @@ def mixed_int4(model, x_calibration, x_val, y_val, max_drop=None, max_bytes=None
         return float(np.mean(np.argmax(as_runner(data).predict(x_val, progress=False), 1)
                              == y_val))
 
-    ops = _layer_ops(convert(model, "float32"), model)
-    float_top1 = top1(convert(model, "float32"))
+    float_bytes = convert(model, "float32")
+    ops = _layer_ops(float_bytes, model)
+    float_top1 = top1(float_bytes)
     base = build(set())
     base_top1 = top1(base)
     rows = []
