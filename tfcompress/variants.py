@@ -129,6 +129,10 @@ def build_variants(model, stage_dir, name, modes, variant_hash, recipe, ds, cali
     rows = []
     for mode in modes:
         log(f"  {name}: converting to {mode}, evaluating through the interpreter")
+        if MODES[mode].budget and model.outputs[0].shape[-1] == 1:
+            log(f"  {name}: no {mode} variant: its budget is top-1 points of a multi-class "
+                "head, and this model has one output unit (int4_adaround is its int4 file)")
+            continue
         start = time.time()
         plan = None
         if MODES[mode].budget:  # chosen under the recipe's ptq budget, on labelled rows

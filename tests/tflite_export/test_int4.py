@@ -179,3 +179,27 @@ def test_int4_mixed_needs_the_pipeline_and_a_budget(trained, tmp_path):
     with pytest.raises(RecipeError, match=r"ptq.max_drop must be points in \[0, 100\]"):
         recipe_from_dict({**base, "ptq": {"max_drop": 150}})
     assert recipe_from_dict({**base, "ptq": {"max_drop": 1.0}}).ptq.max_drop == 1.0
+
+
+def test_pretrained_recipe_on_a_sigmoid_model_skips_int4_mixed_and_says_so(tmp_path):
+    """The default `run --model` modes include int4_mixed, whose budget is multi-class
+    top-1: a binary (one sigmoid unit) model gets every other variant, and a log line."""
+    from tfcompress import config, pipeline
+    from tfcompress.saving import save_model
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 6), dtype=np.float32)
+    y = (x[:, 0] > x[:, 1]).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x[:300], y=y[:300], x_test=x[300:], y_test=y[300:])
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, L.Dense(1, activation="sigmoid")(L.Dense(16, "relu")(inputs)))
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    model.fit(x[:300], y[:300], epochs=20, verbose=0)
+    save_model(model, tmp_path / "m.keras")
+    recipe = config.load_recipe("pretrained", overrides=[
+        f"teacher.path={tmp_path / 'm.keras'}", f"data.dataset=npz:{tmp_path / 'd.npz'}",
+        "export.modes=[float32, int4_adaround, int4_mixed]", "benchmark.devices=[]"])
+    lines = []
+    report = pipeline.run(recipe, str(tmp_path / "out"), log=lines.append, verbose=0)
+    assert [row["mode"] for row in report["variants"]] == ["float32", "int4_adaround"]
+    assert any("no int4_mixed variant" in line and "one output unit" in line for line in lines)
