@@ -5,6 +5,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 import models
+from tfcompress.keras import keras
 from tflite_export.convert import convert
 
 # Small but real configurations of every zoo model.
@@ -68,3 +69,19 @@ def test_registry_errors():
         models.get_model("small_cnn", (28, 28, 1), 10, alpha=0.5)
     with pytest.raises(ValueError, match="ds_cnn size must be one of"):
         models.get_model("ds_cnn", (49, 10, 1), 12, size="XL")
+
+
+def test_mobilenet_v2_batch_norm_momentum_suits_short_runs(tmp_path):
+    # keras.applications' 0.999 left the moving statistics near their initial values after
+    # 2 epochs, and the trained model scored chance in inference mode.
+    import importlib
+    mobilenet_v2 = importlib.import_module("models.mobilenet_v2")
+    model = models.get_model("mobilenet_v2", (28, 28, 1), 10, alpha=0.35)
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 30
+    assert {layer.momentum for layer in norms} == {mobilenet_v2.BATCH_NORM_MOMENTUM}
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert {layer.momentum for layer in loaded.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.99}
