@@ -29,6 +29,9 @@ setup(
         # int4 export modes: Google's AI Edge Quantizer works on a float .tflite without
         # TensorFlow; 0.10.0 requires ai-edge-litert 2.3.0, the runtime pinned above.
         "ai-edge-quantizer==0.10.0",
+        # The Ethos-U device profiles: Arm's Vela compiler, run in a child process, reports the
+        # NPU's cycles, SRAM and flash for an int8/int16 .tflite (tflite_export/vela.py).
+        "ethos-u-vela==5.2.0",
         "absl-py>=1.4",
         "numpy>=1.26",
         # TFMOT imports distutils.version, which Python 3.12 removed; setuptools provides it.

@@ -1,6 +1,12 @@
-"""Latency, memory and size of `.tflite` files on host device profiles.
+"""Latency, memory and size of `.tflite` files on device profiles.
 
-Each (model, device profile) pair runs in its own Python process, so a model
+Host profiles time the file here (below); the other kinds of `tflite_export.profiles`
+hand it to their backend: an Ethos-U NPU profile to Arm's Vela compiler
+(`tflite_export.vela`: estimated cycles, SRAM, flash), an emulated Cortex-A profile to
+QEMU and the aarch64 LiteRT (`tflite_export.arm_emulation`: outputs against the host,
+XNNPACK's kernels), the `edgetpu` profile to the static check (`tflite_export.edgetpu`).
+
+On a host profile, each (model, device profile) pair runs in its own Python process, so a model
 that crashes, hangs or leaks cannot take the run down, and memory is that one
 model's. The process pins itself to the profile's CPUs, loads the model with
 the LiteRT interpreter (profile's threads and kernels), feeds seeded random
@@ -43,19 +49,25 @@ Result schema ("tfcompress.benchmark/1"), a JSON-able dict:
     settings      runs, min_seconds, max_seconds, warmup, seed, timeout_s,
                   baseline, crosscheck, devices {name: profile fields}
     results       one per (model, device), models outer, in the order given:
-                  model (the path given), device, error (None, or one line),
-                  file_bytes, gzip_bytes (None when the file is unreadable),
-                  and when error is None also: threads, delegate, cpus (the
+                  model (the path given), device, kind (the profile's kind), error
+                  (None, or one line), file_bytes, gzip_bytes (None when the file
+                  is unreadable); an npu row with no error holds `vela_estimate`'s
+                  fields (cycles, inference_ms, sram_kib, ... or not_applicable), an
+                  arm-emulated row `arm_emulation.measure`'s (emulated: true,
+                  outputs_match_host, xnnpack_used, emulated_invoke_ms, ...), a static
+                  row compatible, ops_on_device, ops_on_cpu, first_unsupported_op;
+                  a host row with no error also: threads, delegate, cpus (the
                   affinity the process really had), inputs [{name, shape,
                   dtype, quantized}], the timing and memory fields above, and
                   crosscheck (only with crosscheck=True): {tool, command,
                   median_ms, mean_ms, min_ms, runs, median_ratio (ours/theirs)}
                   or {error} or {skipped}
-    ratios        one per (model, device) where both it and the baseline ran:
+    ratios        one per (model, host device) where both it and the baseline ran:
                   model, baseline, device, speedup (baseline median / model
                   median), latency_ratio (its inverse), size_ratio,
                   gzip_size_ratio, peak_rss_ratio (model / baseline)
-    failures      how many results (or asked-for cross-checks) failed
+    unknown_devices  {name: one-line error} for asked-for devices no profile has
+    failures      how many results (or asked-for cross-checks) failed, plus unknown devices
 
 Example:
     from tflite_export import benchmark
@@ -342,6 +354,12 @@ def _file_sizes(path):
     return len(data), len(gzip.compress(data, compresslevel=9, mtime=0)), None
 
 
+def unknown_device(name, profiles):
+    """The one-line error for a device name no profile has."""
+    return (f"unknown device {name!r}; known: {', '.join(profiles)} (tfcompress bench "
+            "--list-devices; add your own host profile in a file: CLI --devices-file)")
+
+
 def _check_settings(paths, devices, profiles, runs, min_seconds, max_seconds, warmup, timeout_s):
     if not paths:
         raise BenchmarkError("no .tflite files to benchmark")
@@ -349,11 +367,8 @@ def _check_settings(paths, devices, profiles, runs, min_seconds, max_seconds, wa
         raise BenchmarkError(f"devices must be a list of names, e.g. [{devices!r}]")
     if not devices:
         raise BenchmarkError("no devices to benchmark on; e.g. devices=('host-1t',)")
-    unknown = [d for d in devices if d not in profiles]
-    if unknown:
-        raise BenchmarkError(f"unknown device(s) {', '.join(map(str, unknown))}; known: "
-                             f"{', '.join(profiles)} (add your own in a profile file: "
-                             "load_profiles(path), CLI --devices-file)")
+    if all(d not in profiles for d in devices):
+        raise BenchmarkError(unknown_device(devices[0], profiles))
     for name, value, low in (("runs", runs, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise BenchmarkError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -405,12 +420,18 @@ def benchmark_models(paths, devices=("host-1t",), runs=50, min_seconds=1.0, warm
     baseline = next((p for p in paths if os.path.realpath(p) == os.path.realpath(baseline)),
                     baseline)
     paths = list(dict.fromkeys(([baseline] if baseline not in paths else []) + paths))
-    cpus = {name: profiles[name].cpus() for name in devices}  # fail before anything runs
+    log = log or (lambda line: None)
+    # An unknown name is one error line; the other devices are still measured.
+    unknown = {name: unknown_device(name, profiles) for name in devices if name not in profiles}
+    devices = [name for name in devices if name in profiles]
+    for message in unknown.values():
+        log(f"error: {message}")
+    # Fail before anything runs.
+    cpus = {name: profiles[name].cpus() for name in devices if profiles[name].kind == "host"}
     settings = {"runs": runs, "min_seconds": float(min_seconds), "max_seconds": float(max_seconds),
                 "warmup": warmup, "seed": seed, "timeout_s": float(timeout_s),
                 "baseline": baseline, "crosscheck": bool(crosscheck),
                 "devices": {name: profiles[name].to_dict() for name in devices}}
-    log = log or (lambda line: None)
     result = {"schema": SCHEMA, "environment": environment(), "settings": settings,
               "results": [], "ratios": []}
     total, done = len(paths) * len(devices), 0
@@ -418,25 +439,71 @@ def benchmark_models(paths, devices=("host-1t",), runs=50, min_seconds=1.0, warm
         file_bytes, gzip_bytes, file_error = _file_sizes(path)
         for name in devices:
             done += 1
-            row = {"model": path, "device": name, "error": file_error,
+            profile = profiles[name]
+            row = {"model": path, "device": name, "kind": profile.kind, "error": file_error,
                    "file_bytes": file_bytes, "gzip_bytes": gzip_bytes}
             if file_error is None:
-                measured = _measure_in_child(path, profiles[name], cpus[name], settings)
+                measured = (_measure_in_child(path, profile, cpus[name], settings)
+                            if profile.kind == "host" else _other_device(path, profile, settings))
                 row["error"] = measured.pop("error", None)
                 row.update(measured)
-            if row["error"] is None and crosscheck:
+            if row["error"] is None and crosscheck and profile.kind == "host":
                 row["crosscheck"] = _crosscheck(path, row, timeout_s)
             result["results"].append(row)
-            log(f"[{done}/{total}] {path} on {name}: " + (
-                f"error: {row['error']}" if row["error"] else
-                f"median {row['median_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "
-                f"{row['runs']} runs, peak RSS {row['peak_rss_mb']:.0f} MB"
-                + _crosscheck_words(row.get("crosscheck"))))
+            log(f"[{done}/{total}] {path} on {name}: " + _row_words(row))
     result["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["ratios"] = _ratios(result["results"], baseline)
-    result["failures"] = sum(1 for r in result["results"]
-                             if r["error"] or "error" in r.get("crosscheck", {}))
+    result["unknown_devices"] = unknown
+    result["failures"] = len(unknown) + sum(1 for r in result["results"]
+                                            if r["error"] or "error" in r.get("crosscheck", {}))
     return result
+
+
+def _other_device(path, profile, settings):
+    """An npu, arm-emulated or static profile's result for one file, or {"error": one line}.
+    Their backends are imported here: a host-only run needs neither Vela nor QEMU."""
+    try:
+        if profile.kind == "npu":
+            from tflite_export.vela import vela_estimate
+            return vela_estimate(path, profile.accelerator, settings["timeout_s"])
+        if profile.kind == "arm-emulated":
+            from tflite_export import arm_emulation
+            return arm_emulation.measure(path, profile.name, seed=settings["seed"],
+                                         timeout_s=settings["timeout_s"])
+        from tflite_export.edgetpu import edgetpu_report
+        report = edgetpu_report(path)
+        return {"compatible": report["compatible"], "ops_on_device": report["ops_on_edgetpu"],
+                "ops_on_cpu": report["ops_on_cpu"],
+                "first_unsupported_op": report["first_unsupported_op"]}
+    except (RuntimeError, ValueError, OSError) as e:  # the backends' one-line errors
+        return {"error": child_process.one_line(e)}
+
+
+def _row_words(row):
+    """The progress line's figures for one result row."""
+    if row["error"]:
+        return f"error: {row['error']}"
+    if row.get("not_applicable"):
+        return row["not_applicable"]
+    if row["kind"] == "npu":
+        return (f"{row['cycles']:,} cycles ({row['inference_ms']:.3f} ms at "
+                f"{row['clock_mhz']:.0f} MHz, Vela estimate), SRAM {row['sram_kib']:.1f} KiB, "
+                f"flash {row['flash_kib']:.1f} KiB, {row['npu_ops']} ops on the NPU, "
+                f"{row['cpu_ops']} on the CPU")
+    if row["kind"] == "arm-emulated":
+        return (f"outputs {'match' if row['outputs_match_host'] else 'DIFFER FROM'} the host "
+                f"({row['compare']}), XNNPACK {'used' if row['xnnpack_used'] else 'not used'}"
+                + ("" if row.get("sparse_path_used") is None else
+                   f", sparse path {'used' if row['sparse_path_used'] else 'not used'}")
+                + f", {row['emulated_invoke_ms']:.1f} ms emulated (not device time)")
+    if row["kind"] == "static":
+        first = row["first_unsupported_op"]
+        return (f"{'compatible' if row['compatible'] else 'not compatible'}: "
+                f"{row['ops_on_device']} ops on the device, {row['ops_on_cpu']} on the CPU"
+                + (f" (cut at {first['op']}: {first['reason']})" if first else ""))
+    return (f"median {row['median_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "
+            f"{row['runs']} runs, peak RSS {row['peak_rss_mb']:.0f} MB"
+            + _crosscheck_words(row.get("crosscheck")))
 
 
 def _crosscheck_words(check):
@@ -451,6 +518,7 @@ def _crosscheck_words(check):
 
 
 def _ratios(rows, baseline):
+    rows = [r for r in rows if r.get("kind", "host") == "host"]
     base = {r["device"]: r for r in rows if r["model"] == baseline and not r["error"]}
     ratios = []
     for r in rows:

@@ -22,8 +22,13 @@ def _labels(result):
     return {m: (n if unique else m) for m, n in zip(models, names)}
 
 
+def _kind(row):
+    return row.get("kind", "host")  # results saved before device kinds existed are host rows
+
+
 def format_markdown(result):
-    """Markdown tables: results, ratios against the baseline, cross-check, failures."""
+    """Markdown tables: host results, ratios against the baseline, cross-check, then the
+    NPU estimates, the emulated Arm runs and the static checks, and failures."""
     env, label = result["environment"], _labels(result)
     lines = [f"Host: {env['cpu']}, {len(env['usable_cpus'])} usable of {env['logical_cpus']} "
              f"logical CPUs, {env['system']}; LiteRT {env['ai_edge_litert']}, Python "
@@ -36,12 +41,12 @@ def format_markdown(result):
         lines += [f"Warning: the machine was busy (load average up to {busiest} on "
                   f"{len(env['usable_cpus'])} CPUs); timings are noisy: repeat the run and "
                   "compare medians.", ""]
-    lines += ["| model | device | bytes | gzip bytes | load ms | first ms | median ms | p90 ms "
-              "| p99 ms | min ms | std ms | runs | peak RSS MB | load +MB |",
-              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    for r in result["results"]:
-        if r["error"]:
-            continue
+    timed = [r for r in result["results"] if not r["error"] and _kind(r) == "host"]
+    if timed:
+        lines += ["| model | device | bytes | gzip bytes | load ms | first ms | median ms "
+                  "| p90 ms | p99 ms | min ms | std ms | runs | peak RSS MB | load +MB |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in timed:
         growth = r["load_rss_growth_mb"]
         lines.append(
             f"| {label[r['model']]} | {r['device']} | {r['file_bytes']:,} | {r['gzip_bytes']:,} | "
@@ -72,15 +77,79 @@ def format_markdown(result):
             else:
                 lines.append(f"| {label[r['model']]} | {r['device']} | {r['median_ms']:.3f} | "
                              f"{c.get('error') or c.get('skipped')} | - |")
+    lines += _npu_table(result, label) + _arm_table(result, label) + _static_table(result, label)
     failed = {}  # (model, error) -> devices: a bad file fails the same way on every device
     for r in result["results"]:
         if r["error"]:
             failed.setdefault((r["model"], r["error"]), []).append(r["device"])
-    if failed:
+    unknown = result.get("unknown_devices", {})
+    if failed or unknown:
         lines += ["", "Failed:", ""]
         lines += [f"- {label[model]} on {', '.join(devices)}: {error}"
                   for (model, error), devices in failed.items()]
+        lines += [f"- {message}" for message in unknown.values()]
     return "\n".join(lines)
+
+
+def _npu_table(result, label):
+    rows = [r for r in result["results"] if _kind(r) == "npu" and not r["error"]]
+    if not rows:
+        return []
+    base = {r["device"]: r for r in rows if r["model"] == result["settings"]["baseline"]
+            and r.get("cycles")}
+    lines = ["", "Ethos-U NPU, Vela's estimate (cycles of one inference at its configured "
+                 "clock and memory system; ops Vela leaves to the CPU are not in the cycles):",
+             "", "| model | device | cycles | vs baseline | ms at clock | SRAM KiB | flash KiB "
+                 "| ops on NPU | ops on CPU |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        if r.get("not_applicable"):
+            lines.append(f"| {label[r['model']]} | {r['device']} | {r['not_applicable']} "
+                         "| | | | | | |")
+            continue
+        b = base.get(r["device"])
+        ratio = f"{r['cycles'] / b['cycles']:.2f}x" if b else "-"
+        cpu = f"{r['cpu_ops']}" + (f" ({', '.join(r['cpu_op_types'])})"
+                                   if r["cpu_op_types"] else "")
+        lines.append(f"| {label[r['model']]} | {r['device']} | {r['cycles']:,} | {ratio} | "
+                     f"{r['inference_ms']:.3f} | {r['sram_kib']:.1f} | {r['flash_kib']:.1f} | "
+                     f"{r['npu_ops']} | {cpu} |")
+    return lines
+
+
+def _arm_table(result, label):
+    rows = [r for r in result["results"] if _kind(r) == "arm-emulated" and not r["error"]]
+    if not rows:
+        return []
+    lines = ["", "Emulated Arm CPU (QEMU, aarch64 LiteRT): outputs against this host's, and "
+                 "the kernels XNNPACK ran. Emulated time is NOT device time (100-550x slower "
+                 "than a device); compare it only between files on one profile.", "",
+             "| model | device | outputs match host | max abs diff | XNNPACK | sparse path "
+             "| emulated ms |", "|---|---|---|--:|---|---|--:|"]
+    for r in rows:
+        sparse = r.get("sparse_path_used")
+        lines.append(
+            f"| {label[r['model']]} | {r['device']} | "
+            f"{'yes' if r['outputs_match_host'] else 'NO'} ({r['compare']}) | "
+            f"{r['max_abs_diff']:.3g} | {'used' if r['xnnpack_used'] else 'not used'} | "
+            f"{'-' if sparse is None else ('used' if sparse else 'not used')} | "
+            f"{r['emulated_invoke_ms']:.1f} |")
+    return lines
+
+
+def _static_table(result, label):
+    rows = [r for r in result["results"] if _kind(r) == "static" and not r["error"]]
+    if not rows:
+        return []
+    lines = ["", "Static check (the device's documented rules read from the file; not its "
+                 "compiler):", "", "| model | device | compatible | ops on device | ops on CPU "
+                 "| first unsupported op |", "|---|---|---|--:|--:|---|"]
+    for r in rows:
+        first = r["first_unsupported_op"]
+        lines.append(f"| {label[r['model']]} | {r['device']} | "
+                     f"{'yes' if r['compatible'] else 'no'} | {r['ops_on_device']} | "
+                     f"{r['ops_on_cpu']} | "
+                     f"{first['op'] + ': ' + first['reason'] if first else '-'} |")
+    return lines
 
 
 def plot(result, path):
@@ -96,7 +165,7 @@ def plot(result, path):
         return None
     import io
     from tfcompress.saving import write_bytes_atomic
-    rows = [r for r in result["results"] if not r["error"]]
+    rows = [r for r in result["results"] if not r["error"] and _kind(r) == "host"]
     if not rows:
         return None
     label = _labels(result)

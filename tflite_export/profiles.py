@@ -1,10 +1,22 @@
-"""Device profiles: how one benchmark run is set up (threads, CPU pinning, kernels).
+"""Device profiles: one registry of what `bench --device NAME` can tell about a device.
 
 Importing this module does not import TensorFlow or LiteRT: recipe validation
 (`tfcompress.config`) reads the profiles to check device names up front.
 
-Built-in profiles: `PROFILES` below (`host-1t`, `host-2t`, `host-1t-reference`),
-plus a user JSON file mapping names to the same fields:
+Four kinds, each saying what it measures (`MEASURES`, shown by `--list-devices`):
+
+    host          measured time: this x86 host's CPU (threads, pinning, kernels);
+                  `host-1t`, `host-2t`, `host-1t-reference`, and user profiles
+    npu           compiler estimate: Arm's Vela compiler for an Ethos-U NPU (cycles at
+                  its configured clock and memory system, SRAM, flash, NPU/CPU op split);
+                  `ethos-u55-128`, `ethos-u55-256`, `ethos-u65-256`
+    arm-emulated  emulated correctness and kernel path: the aarch64 LiteRT under QEMU
+                  on a Cortex-A (outputs against the host's, XNNPACK's kernels; its
+                  time is emulated, never device time); `arm-cortex-a53`, `arm-cortex-a76`
+    static        a static check of documented rules, no run: `edgetpu` (the Coral
+                  Edge TPU's op and type rules; not its compiler)
+
+User profiles (a JSON file) are host profiles, mapping names to the same fields:
 
     {"host-4t": {"threads": 4, "affinity": [0, 1, 2, 3], "delegate": "xnnpack",
                  "description": "4 threads on CPUs 0-3 with XNNPACK"}}
@@ -17,7 +29,7 @@ plus a user JSON file mapping names to the same fields:
                  TFLite's builtin kernels without any delegate)
     description  one honest line: what the profile stands for
 
-A user profile with a built-in's name replaces it. Every profile times this
+A user profile with a built-in's name replaces it. Host profiles time this
 host's CPU: `PHONE_NOTE` says so wherever figures are shown.
 
 Example:
@@ -28,6 +40,7 @@ Example:
 
 import dataclasses
 import json
+import typing
 import os
 import re
 
@@ -63,6 +76,8 @@ class DeviceProfile:
     delegate: str
     description: str
     source: str = "built-in"
+    kind: typing.ClassVar[str] = "host"
+    MEASURES: typing.ClassVar[str] = "measured time on this host's CPU"
 
     def cpus(self, usable=None):
         """The CPU ids to pin to (None: no pinning).
@@ -92,8 +107,79 @@ class DeviceProfile:
 
     def to_dict(self):
         affinity = list(self.affinity) if isinstance(self.affinity, tuple) else self.affinity
-        return {"threads": self.threads, "affinity": affinity, "delegate": self.delegate,
+        return {"kind": self.kind, "threads": self.threads, "affinity": affinity,
+                "delegate": self.delegate, "description": self.description,
+                "source": self.source}
+
+    def settings(self):
+        if self.affinity is None:
+            affinity = "no pinning"
+        elif isinstance(self.affinity, int):
+            affinity = f"pinned to the first {self.affinity} usable CPU(s)"
+        else:
+            affinity = f"pinned to CPUs {list(self.affinity)}"
+        return f"{self.threads} thread(s), {affinity}, delegate {self.delegate}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NpuProfile:
+    """An Arm Ethos-U NPU as Vela models it (`tflite_export.vela`).
+
+    Attributes:
+        accelerator: Vela's `--accelerator-config` (e.g. "ethos-u55-128": a U55
+            with 128 MACs per cycle).
+    """
+    name: str
+    accelerator: str
+    description: str
+    source: str = "built-in"
+    kind: typing.ClassVar[str] = "npu"
+    MEASURES: typing.ClassVar[str] = ("compiler estimate (Vela): cycles at its configured "
+                                      "clock and memory system, not a measurement")
+
+    def to_dict(self):
+        return {"kind": self.kind, "accelerator": self.accelerator,
                 "description": self.description, "source": self.source}
+
+    def settings(self):
+        return f"Vela --accelerator-config {self.accelerator}, its default system config"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmEmulatedProfile:
+    """A Cortex-A core emulated by QEMU running the aarch64 LiteRT
+    (`tflite_export.arm_emulation`; `cpu` is QEMU's CPU model)."""
+    name: str
+    cpu: str
+    description: str
+    source: str = "built-in"
+    kind: typing.ClassVar[str] = "arm-emulated"
+    MEASURES: typing.ClassVar[str] = ("emulated correctness and kernel path (outputs against "
+                                      "the host, XNNPACK's kernels); emulated time is not "
+                                      "device time")
+
+    def to_dict(self):
+        return {"kind": self.kind, "cpu": self.cpu, "description": self.description,
+                "source": self.source}
+
+    def settings(self):
+        return f"QEMU_CPU={self.cpu}, aarch64 LiteRT, 1 thread"
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticCheckProfile:
+    """A device judged by reading the file against its documented rules (no run)."""
+    name: str
+    description: str
+    source: str = "built-in"
+    kind: typing.ClassVar[str] = "static"
+    MEASURES: typing.ClassVar[str] = "static check of documented rules; nothing runs or is timed"
+
+    def to_dict(self):
+        return {"kind": self.kind, "description": self.description, "source": self.source}
+
+    def settings(self):
+        return "reads the flatbuffer (tflite_export.edgetpu)"
 
 
 PROFILES = {p.name: p for p in (
@@ -107,6 +193,24 @@ PROFILES = {p.name: p for p in (
                   "this host, 1 thread pinned to 1 CPU, TFLite builtin kernels without the "
                   "XNNPACK delegate (BUILTIN_WITHOUT_DEFAULT_DELEGATES): a runtime that has "
                   "no XNNPACK, or models XNNPACK cannot take (sparse int8)"),
+    NpuProfile("ethos-u55-128", "ethos-u55-128",
+               "Arm Ethos-U55, 128 MACs/cycle, 500 MHz, weights in off-chip flash, feature "
+               "maps in shared SRAM (Vela's Ethos_U55_High_End_Embedded / Shared_Sram); "
+               "int8/int16 files only"),
+    NpuProfile("ethos-u55-256", "ethos-u55-256",
+               "Arm Ethos-U55, 256 MACs/cycle, otherwise as ethos-u55-128"),
+    NpuProfile("ethos-u65-256", "ethos-u65-256",
+               "Arm Ethos-U65, 256 MACs/cycle, 1 GHz, DRAM and SRAM (Vela's "
+               "Ethos_U65_Client_Server / Dedicated_Sram_384KB)"),
+    ArmEmulatedProfile("arm-cortex-a53", "cortex-a53",
+                       "an Armv8.0 in-order core (older and low-end phones), no int8 dot "
+                       "product: XNNPACK's plain NEON kernels"),
+    ArmEmulatedProfile("arm-cortex-a76", "cortex-a76",
+                       "an Armv8.2 big core (2019+ phones) with the int8 dot product "
+                       "(XNNPACK's neondot kernels)"),
+    StaticCheckProfile("edgetpu",
+                       "Coral Edge TPU: int8 everywhere, static shapes, its op table and "
+                       "limits, where the compiler would cut the graph; not the compiler"),
 )}
 _PROFILE_KEYS = {"threads", "affinity", "delegate", "description"}
 
@@ -186,17 +290,14 @@ def load_profiles(extra_file=None):
 
 
 def format_profiles(profiles):
-    """One block per profile: name, settings, description (for `--list-devices`)."""
+    """One block per kind (what it measures), one entry per profile: name, settings,
+    description (for `--list-devices`)."""
     lines = []
-    for p in profiles.values():
-        if p.affinity is None:
-            affinity = "no pinning"
-        elif isinstance(p.affinity, int):
-            affinity = f"pinned to the first {p.affinity} usable CPU(s)"
-        else:
-            affinity = f"pinned to CPUs {list(p.affinity)}"
-        lines.append(f"{p.name}: {p.threads} thread(s), {affinity}, delegate {p.delegate} "
-                     f"({p.source})\n    {p.description}")
+    for kind in dict.fromkeys(p.kind for p in profiles.values()):
+        mine = [p for p in profiles.values() if p.kind == kind]
+        lines.append(f"{kind}: {mine[0].MEASURES}")
+        lines += [f"  {p.name}: {p.settings()} ({p.source})\n      {p.description}"
+                  for p in mine]
     lines.append(PHONE_NOTE)
     return "\n".join(lines)
 

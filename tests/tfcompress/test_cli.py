@@ -12,6 +12,7 @@ import models
 import tfcompress
 from tfcompress import cli
 from tfcompress.keras import keras
+from tflite_export import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -168,9 +169,17 @@ def test_bench_devices_and_bad_input(bench_files, capsys, tmp_path):
     for argv, message in [
         (["bench"], "needs at least one .tflite file"),
         (["bench", bench_files / "b_float32.tflite", "--device", "phone"],
-         "unknown device(s) phone"),
+         "unknown device 'phone'"),
         (["bench", "--list-devices", "--devices-file", tmp_path / "none.json"], "cannot read"),
         (["bench", bench_files / "b_float32.tflite", "--runs", 0], "runs must be an integer"),
     ]:
         code, out, err = _run(capsys, *argv)
         assert code == 1 and message in _one_error_line(err)
+    # An unknown name beside a known one: one error line, the known device still measured.
+    code, out, err = _run(capsys, "bench", bench_files / "b_float32.tflite", "--device", "phone",
+                          "--device", "host-1t", "--runs", 3, "--min_seconds", 0)
+    assert code == 1 and "| b_float32.tflite | host-1t |" in out
+    assert [line for line in err.splitlines() if "phone" in line] == [
+        f"error: unknown device 'phone'; known: {', '.join(benchmark.PROFILES)} (tfcompress "
+        "bench --list-devices; add your own host profile in a file: CLI --devices-file)"]
+    assert "- unknown device 'phone'" in out
