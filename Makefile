@@ -45,6 +45,7 @@ bench: data
 	$(PY) -m benchmarks.bench_tflite --out=runs/bench-tflite
 	$(PY) -m benchmarks.bench_channel_pruning --out=runs/bench-channel-pruning
 	$(PY) -m benchmarks.bench_int4 --out=runs/bench-int4
+	$(PY) -m benchmarks.bench_npu --out=runs/bench-npu
 
 clean:
 	rm -rf runs build *.egg-info

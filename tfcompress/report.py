@@ -73,12 +73,20 @@ def pareto_front(points):
     return front
 
 
-def _first_device(variants):
+def _first_device(variants, key="median_ms"):
+    """The first device whose results hold `key` (median_ms: a host; cycles: an NPU)."""
     for row in variants:
         for device, lat in row["latency"].items():
-            if "median_ms" in lat:
+            if key in lat:
                 return device
     return None
+
+
+def _front(variants, device, key):
+    """Indices of the Pareto front of accuracy against `latency[device][key]`."""
+    have = [i for i, v in enumerate(variants) if key in v["latency"].get(device, {})]
+    return sorted(have[i] for i in pareto_front(
+        [(variants[j]["latency"][device][key], variants[j]["top1"]) for j in have]))
 
 
 def build_report(out_dir):
@@ -108,11 +116,8 @@ def build_report(out_dir):
                                round(100 * (row["top1"] - baseline["top1"]), 2))
         row["compression"] = (round(baseline["gzip_bytes"] / row["gzip_bytes"], 2)
                               if baseline else None)
-    device = _first_device(variants)
+    device, npu = _first_device(variants), _first_device(variants, "cycles")
     size_front = pareto_front([(v["gzip_bytes"], v["top1"]) for v in variants])
-    timed = [i for i, v in enumerate(variants) if "median_ms" in v["latency"].get(device, {})]
-    latency_front = [timed[i] for i in pareto_front(
-        [(variants[j]["latency"][device]["median_ms"], variants[j]["top1"]) for j in timed])]
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -124,8 +129,9 @@ def build_report(out_dir):
             "gzip_bytes": baseline["gzip_bytes"], "file_bytes": baseline["file_bytes"]},
         "stages": stages,
         "variants": variants,
-        "pareto": {"gzip_bytes": sorted(size_front), "latency": sorted(latency_front),
-                   "latency_device": device},
+        "pareto": {"gzip_bytes": sorted(size_front),
+                   "latency": _front(variants, device, "median_ms"), "latency_device": device,
+                   "npu_cycles": _front(variants, npu, "cycles"), "npu_device": npu},
     }
 
 
@@ -135,14 +141,40 @@ def _ms(lat, key):
     return f"{lat[key]:.3f}" if key in lat else "-"
 
 
+def _device_columns(kind, device):
+    """(column names, cells of one result) for a device of this profile kind."""
+    if kind == "npu":
+        return ([f"{device} cycles (Vela)", f"{device} SRAM KiB"], lambda lat: (
+            ["error", "error"] if "error" in lat else
+            ["not for NPU", "-"] if lat.get("not_applicable") else
+            [f"{lat['cycles']:,}" + (f" (+{lat['cpu_ops']} CPU ops)" if lat["cpu_ops"] else ""),
+             f"{lat['sram_kib']:.1f}"]))
+    if kind == "arm-emulated":
+        return ([f"{device} outputs (emulated)"], lambda lat: (
+            ["error"] if "error" in lat else
+            [("match host" if lat["outputs_match_host"] else "DIFFER") +
+             (", XNNPACK" if lat["xnnpack_used"] else ", no XNNPACK") +
+             (", sparse" if lat.get("sparse_path_used") else "")]))
+    if kind == "static":
+        return ([device], lambda lat: (["error"] if "error" in lat else [
+            f"{'yes' if lat['compatible'] else 'no'} ({lat['ops_on_device']}/"
+            f"{lat['ops_on_device'] + lat['ops_on_cpu']} ops)"]))
+    return ([f"{device} median ms", f"{device} p90 ms"],
+            lambda lat: [_ms(lat, "median_ms"), _ms(lat, "p90_ms")])
+
+
 def format_table(report):
     """The variants table in Markdown."""
     variants = report["variants"]
-    devices = sorted({d for v in variants for d in v["latency"]})
+    kinds = {}  # device -> profile kind; results saved before kinds existed are host ones
+    for v in variants:
+        for d, lat in v["latency"].items():
+            kinds.setdefault(d, lat.get("kind", "host"))
+    columns = {d: _device_columns(kinds[d], d) for d in sorted(kinds)}
     header = ["stage", "format", "top-1", "Δ pts", "file bytes", "gzip bytes", "compression",
               "non-zero weights"]
-    for d in devices:
-        header += [f"{d} median ms", f"{d} p90 ms"]
+    for names, _ in columns.values():
+        header += names
     header.append("Edge TPU")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in variants:
@@ -150,9 +182,9 @@ def format_table(report):
         cells = [v["stage"], v["mode"], f"{100 * v['top1']:.2f}%", delta,
                  f"{v['file_bytes']:,}", f"{v['gzip_bytes']:,}", f"{v['compression']:.1f}x",
                  f"{v['nonzero_parameters']:,} / {v['parameters']:,}"]
-        for d in devices:
-            lat = v["latency"].get(d, {})
-            cells += [_ms(lat, "median_ms"), _ms(lat, "p90_ms")]
+        for d, (names, cells_of) in columns.items():
+            lat = v["latency"].get(d)
+            cells += ["-"] * len(names) if lat is None else cells_of(lat)
         tpu = v["edgetpu"]
         ops = f"{tpu['ops_on_edgetpu']}/{tpu['ops_on_edgetpu'] + tpu['ops_on_cpu']} ops"
         cells.append(f"yes ({ops})" if tpu["compatible"] else f"no ({ops})")
@@ -187,6 +219,11 @@ def format_markdown(report):
                  for i in front["latency"]]
         lines.append(f"Pareto front, accuracy against {front['latency_device']} median latency: "
                      f"{', '.join(names)}.")
+    if front.get("npu_device"):
+        names = [f"{report['variants'][i]['stage']} {report['variants'][i]['mode']}"
+                 for i in front["npu_cycles"]]
+        lines.append(f"Pareto front, accuracy against {front['npu_device']} cycles (Vela's "
+                     f"estimate; float variants cannot run on the NPU): {', '.join(names)}.")
     lines += ["", "![pareto](pareto.png)", "",
               "## Environment", "",
               f"{env['cpu']}; {env['usable_cores']} usable of {env['cpu_count']} cores; "
@@ -216,6 +253,11 @@ def plot_pareto(report, path):
         panels.append((f"{device} median latency (ms)",
                        lambda v: v["latency"].get(device, {}).get("median_ms"),
                        report["pareto"]["latency"]))
+    npu = report["pareto"].get("npu_device")
+    if npu:
+        panels.append((f"{npu} cycles (Vela estimate)",
+                       lambda v: v["latency"].get(npu, {}).get("cycles"),
+                       report["pareto"]["npu_cycles"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (label, cost, front) in zip(axes[0], panels):
         for i, v in enumerate(variants):
@@ -229,13 +271,17 @@ def plot_pareto(report, path):
         if pts:
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:red",
                     alpha=0.6, label="Pareto front")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels
-        ax.set_xlabel(label + " (log)")
+        xs = [x for x in map(cost, variants) if x]
+        if xs and max(xs) >= 10 * min(xs):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels
+            label += " (log)"
+        # Under a decade a log axis has no major tick, so no label at all: stay linear.
+        ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
-    fig.suptitle(f"{report['recipe']['name']}: accuracy against size and latency")
+    fig.suptitle(f"{report['recipe']['name']}: accuracy against size and cost")
     fig.tight_layout()
     # Rendered in memory, then written atomically: a kill leaves no partial PNG.
     buffer = io.BytesIO()

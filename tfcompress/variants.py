@@ -54,6 +54,18 @@ def _measure(path, mode, ds, recipe):
     }
 
 
+# What a variant row keeps of a device's benchmark result, per profile kind.
+_KEPT = {
+    "host": ("median_ms", "p90_ms", "min_ms", "mean_ms", "p99_ms", "std_ms", "load_ms",
+             "peak_rss_mb"),
+    "npu": ("not_applicable", "cycles", "inference_ms", "clock_mhz", "sram_kib", "flash_kib",
+            "dram_kib", "npu_ops", "cpu_ops", "cpu_op_types"),
+    "arm-emulated": ("outputs_match_host", "max_abs_diff", "compare", "xnnpack_used",
+                     "sparse_path_used", "emulated_invoke_ms"),
+    "static": ("compatible", "ops_on_device", "ops_on_cpu"),
+}
+
+
 def _benchmark(rows, recipe, log):
     """Adds latency per device profile to each row (in place); errors become row entries."""
     bench = recipe.benchmark
@@ -70,12 +82,10 @@ def _benchmark(rows, recipe, log):
         if row is None:
             continue
         if entry.get("error"):
-            row["latency"][entry["device"]] = {"error": entry["error"]}
+            row["latency"][entry["device"]] = {"kind": entry["kind"], "error": entry["error"]}
         else:
             row["latency"][entry["device"]] = {
-                key: entry[key] for key in ("median_ms", "p90_ms", "min_ms", "mean_ms",
-                                            "p99_ms", "std_ms", "load_ms", "peak_rss_mb")
-                if key in entry}
+                key: entry[key] for key in ("kind",) + _KEPT[entry["kind"]] if key in entry}
 
 
 def _write_keras3(model, stage_dir, name, log):

@@ -444,7 +444,8 @@ def benchmark_models(paths, devices=("host-1t",), runs=50, min_seconds=1.0, warm
                    "file_bytes": file_bytes, "gzip_bytes": gzip_bytes}
             if file_error is None:
                 measured = (_measure_in_child(path, profile, cpus[name], settings)
-                            if profile.kind == "host" else _other_device(path, profile, settings))
+                            if profile.kind == "host" else
+                            _other_device(path, profile, settings, log))
                 row["error"] = measured.pop("error", None)
                 row.update(measured)
             if row["error"] is None and crosscheck and profile.kind == "host":
@@ -459,15 +460,18 @@ def benchmark_models(paths, devices=("host-1t",), runs=50, min_seconds=1.0, warm
     return result
 
 
-def _other_device(path, profile, settings):
+def _other_device(path, profile, settings, log):
     """An npu, arm-emulated or static profile's result for one file, or {"error": one line}.
-    Their backends are imported here: a host-only run needs neither Vela nor QEMU."""
+    Their backends are imported here: a host-only run needs neither Vela nor QEMU. The
+    emulator's one-time download (about 200 MB) reports its steps through `log`."""
     try:
         if profile.kind == "npu":
             from tflite_export.vela import vela_estimate
             return vela_estimate(path, profile.accelerator, settings["timeout_s"])
         if profile.kind == "arm-emulated":
             from tflite_export import arm_emulation
+            if not arm_emulation.is_set_up():
+                arm_emulation.set_up(log=log)
             return arm_emulation.measure(path, profile.name, seed=settings["seed"],
                                          timeout_s=settings["timeout_s"])
         from tflite_export.edgetpu import edgetpu_report
@@ -488,7 +492,8 @@ def _row_words(row):
     if row["kind"] == "npu":
         return (f"{row['cycles']:,} cycles ({row['inference_ms']:.3f} ms at "
                 f"{row['clock_mhz']:.0f} MHz, Vela estimate), SRAM {row['sram_kib']:.1f} KiB, "
-                f"flash {row['flash_kib']:.1f} KiB, {row['npu_ops']} ops on the NPU, "
+                f"flash {row['flash_kib']:.1f} KiB, DRAM {row['dram_kib']:.1f} KiB, "
+                f"{row['npu_ops']} ops on the NPU, "
                 f"{row['cpu_ops']} on the CPU")
     if row["kind"] == "arm-emulated":
         return (f"outputs {'match' if row['outputs_match_host'] else 'DIFFER FROM'} the host "

@@ -100,11 +100,12 @@ def _npu_table(result, label):
     lines = ["", "Ethos-U NPU, Vela's estimate (cycles of one inference at its configured "
                  "clock and memory system; ops Vela leaves to the CPU are not in the cycles):",
              "", "| model | device | cycles | vs baseline | ms at clock | SRAM KiB | flash KiB "
-                 "| ops on NPU | ops on CPU |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+                 "| DRAM KiB | ops on NPU | ops on CPU |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         if r.get("not_applicable"):
             lines.append(f"| {label[r['model']]} | {r['device']} | {r['not_applicable']} "
-                         "| | | | | | |")
+                         "| | | | | | | |")
             continue
         b = base.get(r["device"])
         ratio = f"{r['cycles'] / b['cycles']:.2f}x" if b else "-"
@@ -112,6 +113,7 @@ def _npu_table(result, label):
                                    if r["cpu_op_types"] else "")
         lines.append(f"| {label[r['model']]} | {r['device']} | {r['cycles']:,} | {ratio} | "
                      f"{r['inference_ms']:.3f} | {r['sram_kib']:.1f} | {r['flash_kib']:.1f} | "
+                     f"{r.get('dram_kib', 0):.1f} | "
                      f"{r['npu_ops']} | {cpu} |")
     return lines
 
@@ -124,15 +126,18 @@ def _arm_table(result, label):
                  "the kernels XNNPACK ran. Emulated time is NOT device time (100-550x slower "
                  "than a device); compare it only between files on one profile.", "",
              "| model | device | outputs match host | max abs diff | XNNPACK | sparse path "
-             "| emulated ms |", "|---|---|---|--:|---|---|--:|"]
+             "| GEMM kernels | emulated ms |", "|---|---|---|--:|---|---|---|--:|"]
     for r in rows:
         sparse = r.get("sparse_path_used")
+        # The ISA part of XNNPACK's GEMM kernel names: neondot, neon_mlal_lane...
+        gemm = sorted({k.split("__", 1)[1] for k in r.get("kernels") or ()
+                       if "gemm" in k and "packw" not in k and "__" in k})
         lines.append(
             f"| {label[r['model']]} | {r['device']} | "
-            f"{'yes' if r['outputs_match_host'] else 'NO'} ({r['compare']}) | "
+            f"{'yes' if r['outputs_match_host'] else 'NO'}: {r['compare']} | "
             f"{r['max_abs_diff']:.3g} | {'used' if r['xnnpack_used'] else 'not used'} | "
             f"{'-' if sparse is None else ('used' if sparse else 'not used')} | "
-            f"{r['emulated_invoke_ms']:.1f} |")
+            f"{', '.join(gemm) or '-'} | {r['emulated_invoke_ms']:.1f} |")
     return lines
 
 

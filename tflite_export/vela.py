@@ -82,8 +82,9 @@ def vela_estimate(path, accelerator, timeout_s=300):
 
     Returns:
         {"vela", "accelerator", "system_config", "memory_mode", "clock_mhz", "cycles",
-         "npu_cycles", "inference_ms", "sram_kib", "flash_kib", "macs", "npu_ops",
-         "cpu_ops", "cpu_op_types", "layers": [{op, npu_op, target, cycles, macs, name}]},
+         "npu_cycles", "inference_ms", "sram_kib", "flash_kib", "dram_kib", "macs",
+         "npu_ops", "cpu_ops", "cpu_op_types",
+         "layers": [{op, npu_op, target, cycles, macs, name}]},
         or {"vela", "accelerator", "not_applicable": NOT_FOR_NPU} for a float model.
 
     Raises:
@@ -115,5 +116,6 @@ def vela_estimate(path, accelerator, timeout_s=300):
         sram_kib=float(summary["sram_memory_used"]),
         flash_kib=float(summary["off_chip_flash_memory_used"]) +
         float(summary["on_chip_flash_memory_used"]),
+        dram_kib=float(summary["dram_memory_used"]),
         macs=int(float(summary["nn_macs"])), npu_ops=counts.get("NPU"),
         cpu_ops=counts.get("CPU"), cpu_op_types=cpu_types, layers=layers)

@@ -21,7 +21,8 @@ TINY = {
     "teacher": {"model": "small_cnn", "options": {"width": 4}},
     "stages": [{"train": {"epochs": 1}}, {"prune": {"sparsity": 0.5, "epochs": 3}}],
     "export": {"modes": ["float32", "int8_full"]},
-    "benchmark": {"devices": ["host-1t"], "runs": 5, "min_seconds": 0.05, "warmup": 1},
+    "benchmark": {"devices": ["host-1t", "ethos-u55-128"], "runs": 5, "min_seconds": 0.05,
+                  "warmup": 1},
 }
 
 
@@ -68,6 +69,16 @@ def test_report_rows_are_measured(tiny_run):
     for v in rows.values():  # timed in a child process on the recipe's device profile
         lat = v["latency"]["host-1t"]
         assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] and lat["peak_rss_mb"] > 0
+    for (stage, mode), v in rows.items():  # Vela's estimate for the NPU profile
+        npu = v["latency"]["ethos-u55-128"]
+        assert npu["kind"] == "npu"
+        if mode == "float32":
+            assert npu["not_applicable"].startswith("not for this NPU") and "cycles" not in npu
+        else:
+            assert npu["cycles"] > 0 and npu["sram_kib"] > 0 and npu["cpu_ops"] == 0
+    assert report["pareto"]["npu_device"] == "ethos-u55-128"
+    assert {report["variants"][i]["mode"] for i in report["pareto"]["npu_cycles"]} == \
+        {"int8_full"}
     # int8 weights take a quarter of the bytes; pruning halves the non-zero weights.
     assert rows[("01-train", "int8_full")]["file_bytes"] < 0.5 * base["file_bytes"]
     assert rows[("01-train", "int8_full")]["edgetpu"]["compatible"]
@@ -92,6 +103,9 @@ def test_report_files_are_written(tiny_run):
     assert on_disk["recipe"]["stages"][1]["prune"]["sparsity"] == 0.5
     markdown = open(os.path.join(out, "report.md")).read()
     assert "| 02-prune | int8_full |" in markdown and "## Environment" in markdown
+    assert "| ethos-u55-128 cycles (Vela) | ethos-u55-128 SRAM KiB |" in markdown
+    assert "| not for NPU | - |" in markdown
+    assert "Pareto front, accuracy against ethos-u55-128 cycles" in markdown
     with open(os.path.join(out, "pareto.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
