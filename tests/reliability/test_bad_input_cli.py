@@ -163,7 +163,7 @@ OTHERS = {
                                     ["corrupt_stage/01-train/metrics.json: cannot read it"]),
     "bench_no_files": (["bench"], ["bench needs at least one .tflite file"]),
     "bench_unknown_device": (["bench", "{good[tflite]}", "--device", "pixel9"],
-                             ["unknown device(s) pixel9", "--devices-file"]),
+                             ["unknown device 'pixel9'", "--devices-file"]),
     "bench_runs_0": (["bench", "{good[tflite]}", "--runs", "0"],
                      ["runs must be an integer >= 1, got 0"]),
     "bench_timeout_0": (["bench", "{good[tflite]}", "--timeout", "0"],
