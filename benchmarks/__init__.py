@@ -17,7 +17,9 @@ def absl_main(run):
 
     def main(argv):
         del argv
+        from tfcompress import native_logs
         from tfcompress.errors import run_cli
+        native_logs.quiet()  # TensorFlow's absl lines would bury the figures
         # app.run passes main's return value to sys.exit, so it must be an exit code.
         return run_cli(run_and_exit_zero)
     return main

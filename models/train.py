@@ -209,7 +209,11 @@ def main(argv):
 
 
 def run(argv=None):
-    """Entry point for `tfcompress train` and `tfcompress-train`."""
+    """Entry point for `tfcompress train` and `tfcompress-train` (as a program, argv None,
+    TensorFlow's native log lines are quieted: tfcompress.native_logs)."""
+    if argv is None:
+        from tfcompress import native_logs
+        native_logs.quiet()
     app.run(main, argv=argv, flags_parser=parse_absl_flags)
 
 

@@ -354,6 +354,11 @@ ABSL_COMMANDS = {"train": _train}
 
 
 def main(argv=None):
+    """The `tfcompress` command. Run as a program (argv None) it first quiets TensorFlow's
+    native log lines (tfcompress.native_logs; TFCOMPRESS_DEBUG=1 keeps them)."""
+    if argv is None:
+        from tfcompress import native_logs
+        native_logs.quiet()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ABSL_COMMANDS:
         return ABSL_COMMANDS[argv[0]](argv[1:])

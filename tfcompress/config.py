@@ -154,6 +154,13 @@ class PtqConfig:
 
 
 @dataclasses.dataclass
+class BudgetConfig:
+    """What the report recommends (tfcompress.report.recommend): the smallest variant, and
+    per device the fastest, at most `max_drop` points below the float baseline."""
+    max_drop: Optional[float] = None
+
+
+@dataclasses.dataclass
 class BenchmarkConfig:
     """Device profiles (tflite_export.benchmark) to time every variant on; [] skips it."""
     devices: list = dataclasses.field(default_factory=lambda: ["host-1t"])
@@ -175,6 +182,7 @@ class Recipe:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
     ptq: PtqConfig = dataclasses.field(default_factory=PtqConfig)
+    budget: BudgetConfig = dataclasses.field(default_factory=BudgetConfig)
     # tf.distribute strategy of the training stages (tfcompress.distribute): default,
     # mirrored, multi_worker. Not in the stage hash: a run may resume under another.
     strategy: str = "default"
@@ -318,7 +326,8 @@ def recipe_from_dict(values):
         raise RecipeError(f"a recipe must be a mapping at the top level, got {type(values).__name__}")
     values = dict(values)
     sections = {"data": DataConfig, "teacher": ModelSpec, "student": ModelSpec,
-                "export": ExportConfig, "benchmark": BenchmarkConfig, "ptq": PtqConfig}
+                "export": ExportConfig, "benchmark": BenchmarkConfig, "ptq": PtqConfig,
+                "budget": BudgetConfig}
     parsed = {name: _from_dict(cls, values.pop(name, None), name)
               for name, cls in sections.items()}
     stages = values.pop("stages", None) or []
@@ -372,6 +381,11 @@ def validate(recipe):
     _validate_modes(recipe.export.modes, "export.modes")
     _positive(recipe.export.batch_size, "export.batch_size")
     _validate_ptq(recipe)
+    max_drop = recipe.budget.max_drop
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(
+            max_drop, (int, float)) or not 0 <= max_drop <= 100):
+        raise RecipeError(f"budget.max_drop must be points in [0, 100] (e.g. 1.0), got "
+                          f"{max_drop!r}")
     _validate_strategy(recipe)
     if not isinstance(recipe.benchmark.devices, list):
         raise RecipeError("benchmark.devices must be a list of device profile names "

@@ -17,6 +17,7 @@ import json
 import os
 
 from tfcompress.errors import TfcompressError
+from tfcompress.recommend import format_recommendation, recommend
 from tfcompress.saving import write_bytes_atomic, write_json_atomic
 
 SCHEMA = "tfcompress.report/1"
@@ -118,6 +119,10 @@ def build_report(out_dir):
                               if baseline else None)
     device, npu = _first_device(variants), _first_device(variants, "cycles")
     size_front = pareto_front([(v["gzip_bytes"], v["top1"]) for v in variants])
+    pareto = {"gzip_bytes": sorted(size_front),
+              "latency": _front(variants, device, "median_ms"), "latency_device": device,
+              "npu_cycles": _front(variants, npu, "cycles"), "npu_device": npu}
+    max_drop = (recipe.get("budget") or {}).get("max_drop")
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -129,9 +134,8 @@ def build_report(out_dir):
             "gzip_bytes": baseline["gzip_bytes"], "file_bytes": baseline["file_bytes"]},
         "stages": stages,
         "variants": variants,
-        "pareto": {"gzip_bytes": sorted(size_front),
-                   "latency": _front(variants, device, "median_ms"), "latency_device": device,
-                   "npu_cycles": _front(variants, npu, "cycles"), "npu_device": npu},
+        "pareto": pareto,
+        "recommendation": recommend(variants, stages, max_drop, pareto),
     }
 
 
@@ -197,16 +201,18 @@ def format_markdown(report):
     recipe = report["recipe"]
     base = report["baseline"]
     env = report["environment"]
-    lines = [f"# tfcompress report: {recipe['name']}", "",
-             recipe.get("description") or "", "",
-             f"Created {report['created']}. Accuracy is top-1 through the TFLite interpreter on "
-             f"the test split; Δ pts is against the float baseline "
-             + (f"({base['stage']} {base['mode']}, {100 * base['top1']:.2f}%); compression is "
-                f"its gzip bytes over the variant's." if base else "."), "",
-             format_table(report), "",
-             "## Stages", "",
-             "| stage | seconds | training seconds | Keras test accuracy | parameters |",
-             "|---|---|---|---|---|"]
+    lines = [f"# tfcompress report: {recipe['name']}", "", recipe.get("description") or "", ""]
+    for line in format_recommendation(report.get("recommendation")
+                                      or {"max_drop": None, "dominated_stages": []}):
+        lines += [line, ""]
+    lines += [f"Created {report['created']}. Accuracy is top-1 through the TFLite interpreter on "
+              f"the test split; Δ pts is against the float baseline "
+              + (f"({base['stage']} {base['mode']}, {100 * base['top1']:.2f}%); compression is "
+                 f"its gzip bytes over the variant's." if base else "."), ""]
+    lines += [format_table(report), "",
+              "## Stages", "",
+              "| stage | seconds | training seconds | Keras test accuracy | parameters |",
+              "|---|---|---|---|---|"]
     for s in report["stages"]:
         lines.append(f"| {s['name']} | {s.get('seconds', '-')} | {s.get('train_seconds', '-')} "
                      f"| {100 * s['keras_test_accuracy']:.2f}% | {s.get('parameters', 0):,} |")

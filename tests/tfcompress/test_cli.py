@@ -118,6 +118,32 @@ def test_console_script_truncated_file(workdir, tmp_path):
     assert len(errors) == 1 and "cut.tflite: corrupt or truncated TFLite flatbuffer" in errors[0]
 
 
+NATIVE_NOISE = ("I0000 ", "W0000 ", "E0000 ", "WARNING: All log messages before absl",
+                "fully_quantize:", "cuInit", "oneDNN custom operations")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_console_script_keeps_native_log_lines_out(workdir, tmp_path, debug):
+    # TensorFlow's absl lines ignore TF_CPP_MIN_LOG_LEVEL; the CLI filters its own stderr.
+    exe = os.path.join(os.path.dirname(sys.executable), "tfcompress")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TFCOMPRESS_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    if debug:
+        env["TFCOMPRESS_DEBUG"] = "1"
+    result = subprocess.run([exe, "export", str(workdir / "m.keras"), "--mode", "int8_full",
+                             "--calibration", f"npz:{workdir}/data.npz", "--out",
+                             str(tmp_path / "t")], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "m_int8_full.tflite" in result.stdout
+    noise = [line for line in result.stderr.splitlines()
+             if any(mark in line for mark in NATIVE_NOISE)]
+    if debug:  # the lines are there to filter: TFCOMPRESS_DEBUG=1 shows them
+        assert noise, result.stderr
+    else:
+        assert noise == [], noise
+
+
 # --- tfcompress bench -------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ TINY = {
     "export": {"modes": ["float32", "int8_full"]},
     "benchmark": {"devices": ["host-1t", "ethos-u55-128"], "runs": 5, "min_seconds": 0.05,
                   "warmup": 1},
+    "budget": {"max_drop": 100.0},
 }
 
 
@@ -108,6 +109,12 @@ def test_report_files_are_written(tiny_run):
     assert "Pareto front, accuracy against ethos-u55-128 cycles" in markdown
     with open(os.path.join(out, "pareto.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Every variant is within a 100-point budget: the smallest file is recommended first.
+    smallest = min(report["variants"], key=lambda v: (v["gzip_bytes"], -v["top1"]))
+    picked = on_disk["recommendation"]["smallest"]
+    assert (picked["stage"], picked["mode"]) == (smallest["stage"], smallest["mode"])
+    assert set(on_disk["recommendation"]["fastest"]) == {"host-1t", "ethos-u55-128"}
+    assert markdown.index("Recommended, the smallest file") < markdown.index("| stage |")
 
 
 def test_rerun_skips_finished_stages_and_a_change_reruns_only_downstream(tiny_run):
@@ -220,9 +227,11 @@ def test_every_stage_kind_in_one_recipe(tmp_path, fashion_mnist):
         "student": {"model": "small_cnn", "options": {"width": 8}},
         "stages": [{"train": {"epochs": 1}},
                    {"distill": {"epochs": 1}},
-                   {"channel_prune": {"ratio": 0.25, "epochs": 1}},
+                   {"channel_prune": {"ratio": 0.25, "epochs": 1,
+                                      "allocation": "sensitivity", "sensitivity_samples": 200}},
                    {"lowrank": {"energy": 0.9, "epochs": 0, "min_params_saving": 0.0}},
-                   {"prune": {"sparsity": 0.5, "epochs": 1, "distill": True}},
+                   {"prune": {"sparsity": 0.5, "epochs": 1, "distill": True,
+                              "allocation": "sensitivity", "sensitivity_samples": 200}},
                    {"cluster": {"clusters": 8, "epochs": 1}},
                    {"qat": {"epochs": 1, "distill": True}}],
         "export": {"modes": ["int8_full"]},
@@ -236,6 +245,10 @@ def test_every_stage_kind_in_one_recipe(tmp_path, fashion_mnist):
     assert stages["03-channel_prune"]["macs_after"] < stages["03-channel_prune"]["macs_before"]
     assert stages["04-lowrank"]["factored_layers"] == ["classifier"]
     assert 0.45 < stages["05-prune"]["sparsity"] < 0.6
+    for name in ("03-channel_prune", "05-prune"):  # sensitivity allocation, recorded
+        allocation = stages[name]["allocation"]
+        assert abs(allocation["total_ratio"] - allocation["target"]) < 1e-6
+        assert allocation["samples"] == 200 and allocation["curves"]
     assert stages["06-cluster"]["max_unique_values"] <= 8
     assert stages["07-qat"]["scheme"] == "prune_cluster_preserving"
     assert len(report["variants"]) == 7

@@ -244,11 +244,20 @@ def _select(model, config):
     check_used(config.per_layer, "per_layer", chosen,
                what="layer selected for pruning (see include, exclude and skip_first_and_last)")
 
-    def sparsity(layer):
-        hits = [s for p, s in config.per_layer.items() if matches(p, layer)]
-        return hits[0] if hits else config.sparsity
+    overrides = [override(config, layer) for layer in chosen]
+    return [(layer, config.sparsity if value is None else value)
+            for layer, value in zip(chosen, overrides)]
 
-    return [(layer, sparsity(layer)) for layer in chosen]
+
+def override(config, layer):
+    """The sparsity `config.per_layer` sets for `layer` (the first matching pattern), or None."""
+    hits = [s for p, s in config.per_layer.items() if matches(p, layer)]
+    return hits[0] if hits else None
+
+
+def select_layers(model, config):
+    """The layers `prune(model, config)` would wrap, each with its sparsity: [(layer, sparsity)]."""
+    return _select(ensure_tf_keras_model(model), as_config(config, PruningConfig, PruningError))
 
 
 def _check_structure(layer, weights, config):

@@ -65,6 +65,13 @@ def number_in(value, lo, hi, where, lo_open=False, hi_open=False):
         raise RecipeError(f"{where} must be in {interval}, got {value}")
 
 
+def sensitivity_samples_ok(value, where):
+    """Raises RecipeError unless `value` is an integer >= 100 (a sensitivity slice's rows)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 100:
+        raise RecipeError(f"{where}.sensitivity_samples must be an integer >= 100 (training "
+                          f"rows the sensitivity is measured on), got {value!r}")
+
+
 def one_of(value, choices, where):
     """Raises RecipeError unless `value` is one of `choices`, naming them."""
     if value not in choices:

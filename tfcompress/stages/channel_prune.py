@@ -5,7 +5,8 @@ from typing import ClassVar, Optional
 
 from tfcompress import distribute
 from tfcompress.errors import RecipeError
-from tfcompress.stages.base import Distilling, number_in, one_of, register
+from tfcompress.stages.base import (Distilling, number_in, one_of, register,
+                                    sensitivity_samples_ok)
 from tfcompress.stages import context
 from tfcompress.training import compile_for_training
 
@@ -18,7 +19,10 @@ class ChannelPruneStage(Distilling):
     """Removes whole channels (a thinner, faster model), then fine-tunes.
 
     ratio: fraction of channels removed (or target_macs: MACs to keep, a count
-    or a fraction); distill: fine-tune by distilling from the unpruned model.
+    or a fraction); allocation: "uniform" (every group loses `ratio`) or
+    "sensitivity" (each group its own ratio, `ratio` of all channels in total,
+    from each group's measured loss increase: tfcompress.channel_pruning.
+    sensitivity); distill: fine-tune by distilling from the unpruned model.
     """
     KIND: ClassVar[str] = "channel_prune"
     ORDER: ClassVar[int] = 40
@@ -29,6 +33,8 @@ class ChannelPruneStage(Distilling):
     target_macs: Optional[float] = None
     skip_first_and_last: bool = False
     epochs: int = 3
+    allocation: str = "uniform"
+    sensitivity_samples: int = 2000
 
     def check(self, where):
         if (self.ratio is None) == (self.target_macs is None):
@@ -41,6 +47,11 @@ class ChannelPruneStage(Distilling):
         one_of(self.criterion, CRITERIA, where + ".criterion")
         if self.round_to < 1:
             raise RecipeError(f"{where}.round_to must be >= 1, got {self.round_to}")
+        one_of(self.allocation, ("uniform", "sensitivity"), where + ".allocation")
+        if self.allocation == "sensitivity" and self.ratio is None:
+            raise RecipeError(f"{where}: allocation sensitivity divides a total ratio among the "
+                              "layers; give ratio, not target_macs")
+        sensitivity_samples_ok(self.sensitivity_samples, where)
 
     def run(self, model, ctx):
         from tfcompress import channel_pruning, distillation
@@ -49,6 +60,16 @@ class ChannelPruneStage(Distilling):
             target_macs=self.target_macs, skip_first_and_last=self.skip_first_and_last)
         # Taylor importance needs gradients on a few batches of training data.
         data = (ctx.x_train[:2048], ctx.y_train[:2048]) if self.criterion == "taylor" else None
+        allocation = None
+        if self.allocation == "sensitivity":
+            from tfcompress.channel_pruning import sensitivity
+            ctx.log(f"  measuring each group's sensitivity on {self.sensitivity_samples:,} "
+                    "training samples")
+            allocation = distribute.outside_strategy(
+                sensitivity.allocate_ratios, model, config, ctx.x_train, ctx.y_train,
+                ctx.head, samples=self.sensitivity_samples, seed=ctx.seed, data=data)
+            ctx.log("  " + allocation.format().replace("\n", "\n  "))
+            config = allocation.apply(config)
         if distribute.strategy_name(ctx.strategy) == "default":
             thin, plan = channel_pruning.prune_channels(model, config, data=data)
         else:
@@ -72,6 +93,8 @@ class ChannelPruneStage(Distilling):
         info = context.fit(trainee, ctx, self.epochs, self.batch_size)
         info.update(macs_before=plan.macs_before, macs_after=plan.macs_after,
                     parameters_before=plan.params_before)
+        if allocation is not None:
+            info["allocation"] = allocation.to_dict()
         return thin, info
 
 
