@@ -27,8 +27,8 @@ data: $(STAMP)
 	fi
 	$(PY) -m tfcompress.data fashion_mnist
 
-# The main job: the fashion_mnist recipe (train, distill, prune, QAT; export, evaluate,
-# benchmark), ending in runs/demo/report.md, report.json and pareto.png.
+# The main job: the fashion_mnist recipe (train the teacher, prune it by sensitivity; export,
+# evaluate, benchmark), ending in runs/demo/report.md, report.json and pareto.png.
 demo: data
 	$(PY) -m tfcompress.cli run --recipe fashion_mnist --out runs/demo
 
@@ -39,13 +39,17 @@ test: data
 test-all: data
 	$(PYTEST) tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-# Performance figures (not tests): pruning quality, size and training-step cost.
+# Performance figures (not tests): pruning quality, size, allocation, distillation and
+# training-step cost.
 bench: data
 	$(PY) -m benchmarks.bench_pruning --baseline=runs/demo-baseline/model.keras --out=runs/bench-pruning
 	$(PY) -m benchmarks.bench_tflite --out=runs/bench-tflite
 	$(PY) -m benchmarks.bench_channel_pruning --out=runs/bench-channel-pruning
 	$(PY) -m benchmarks.bench_int4 --out=runs/bench-int4
 	$(PY) -m benchmarks.bench_npu --out=runs/bench-npu
+	$(PY) -m benchmarks.bench_allocation --out=runs/bench-allocation
+	$(PY) -m benchmarks.bench_distill --out=runs/bench-distill --teacher=runs/bench-distill/teacher_w32.keras --seeds=0,1 --timing_repeats=0
+	$(PY) -m benchmarks.bench_training --out=runs/bench-training
 
 clean:
 	rm -rf runs build *.egg-info

@@ -180,9 +180,18 @@ def _run(args):
                           log=lambda line: print(line, flush=True))
     print()
     print(report.format_table(result))
+    _print_recommendation(result)
     print(f"\nreport: {os.path.join(args.out, 'report.md')} and report.json; plot: "
           f"{os.path.join(args.out, 'pareto.png')}")
     return 0
+
+
+def _print_recommendation(result):
+    """The report's opening lines (budget.max_drop's pick, dominated stages), for a terminal."""
+    from tfcompress.recommend import format_recommendation
+    rec = result.get("recommendation")
+    for line in format_recommendation(rec) if rec else ():
+        print("\n" + line.replace("**", ""))
 
 
 def _report(args):
@@ -190,6 +199,7 @@ def _report(args):
     result = report.build_report(args.dir)
     paths = report.write_report(args.dir, result)
     print(report.format_table(result))
+    _print_recommendation(result)
     print("\nwrote " + ", ".join(paths.values()))
     return 0
 

@@ -14,7 +14,7 @@ Example:
 """
 
 # The speed each profile kind measures, lower is better (tfcompress.report's columns).
-SPEED_KEYS = {"host": ("median_ms", "median ms"), "npu": ("cycles", "cycles (Vela)")}
+SPEED_KEYS = {"host": ("median_ms", "median ms"), "npu": ("cycles", "Vela cycles")}
 
 
 def _pick(variants, index):
@@ -98,11 +98,18 @@ def format_recommendation(rec):
                          "compress less, or raise the budget.")
         else:
             lines.append(f"Recommended, the smallest file {budget}: {_name(rec['smallest'])}.")
+            same = []
             for device, pick in rec["fastest"].items():
                 value = (f"{pick['value']:,}" if isinstance(pick["value"], int)
                          else f"{pick['value']:.3f}")
-                lines.append(f"Fastest on {device} within the budget: {_name(pick)}, "
-                             f"{value} {pick['measure']}.")
+                if pick["index"] == rec["smallest"]["index"]:
+                    same.append(f"{device} ({value} {pick['measure']})")
+                else:
+                    lines.append(f"Fastest on {device} within the budget: {_name(pick)}, "
+                                 f"{value} {pick['measure']}.")
+            if same:
+                lines[0] += (
+                    f" It is also the fastest within the budget on {' and '.join(same)}.")
     for name in rec["dominated_stages"]:
         lines.append(f"Stage {name}: every variant it produced is dominated (on size and on "
                      "each device's speed another variant is as accurate and cheaper, so none "

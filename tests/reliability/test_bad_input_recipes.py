@@ -159,11 +159,16 @@ BAD_OVERRIDES = {
     "wrong_stage_kind": ("stages.0.prune.sparsity=0.5", ["stages[0] must be one mapping"]),
     "replace_a_stage_by_a_number": ("stages.0=7", ["stages[0] must be one mapping"]),
     "replace_stages_by_a_number": ("stages=7", ["stages must be a list, got 7"]),
-    "value_out_of_range": ("stages.2.prune.sparsity=1.5", ["stages[2].prune.sparsity must be in "
+    "value_out_of_range": ("stages.1.prune.sparsity=1.5", ["stages[1].prune.sparsity must be in "
                                                            "(0, 1), got 1.5"]),
-    "value_nan": ("stages.1.distill.temperature=.nan", ["temperature must be in (0, 1000], got "
-                                                        "nan"]),
-    "value_wrong_type": ("stages.3.qat.epochs=1.5", ["stages[3].qat.epochs: expected int"]),
+    "value_nan": ("stages.1.prune.temperature=.nan", ["temperature must be in (0, 1000], got "
+                                                      "nan"]),
+    "value_wrong_type": ("stages.1.prune.epochs=1.5", ["stages[1].prune.epochs: expected int"]),
+    "unknown_allocation": ("stages.1.prune.allocation=global", [
+        "stages[1].prune.allocation: unknown 'global'; valid: uniform, sensitivity"]),
+    "allocation_with_structure": ("stages.1.prune.structure='2:4'", [
+        "allocation sensitivity gives each layer its own sparsity", "allocation: uniform"]),
+    "budget_out_of_range": ("budget.max_drop=-1", ["budget.max_drop must be points in [0, 100]"]),
     "unknown_device": ("benchmark.devices=[pixel9]", ["unknown device profile 'pixel9'"]),
 }
 

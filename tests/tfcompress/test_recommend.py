@@ -52,6 +52,13 @@ def test_smallest_and_fastest_within_the_budget():
     assert (npu["stage"], npu["mode"], npu["value"]) == ("02-prune", "int8_full", 60_000)
     assert "edgetpu" not in rec["fastest"]          # a static check measures no speed
     assert rec["dominated_stages"] == ["03-qat"]
+    lines = format_recommendation(rec)
+    assert lines[0].startswith("Recommended, the smallest file at most 1 point below the float "
+                               "baseline: **02-prune int8_full** (91.10%, -0.90 pts, 9,000 gzip")
+    assert "It is also the fastest within the budget on ethos-u55-128 (60,000 Vela cycles)" \
+        in lines[0]
+    assert lines[1].startswith("Fastest on host-1t within the budget: **01-train int8_full**")
+    assert lines[2].startswith("Stage 03-qat: every variant it produced is dominated")
 
 
 def test_a_wider_budget_takes_the_smaller_file():
