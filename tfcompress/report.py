@@ -240,6 +240,14 @@ def format_markdown(report):
     return "\n".join(lines)
 
 
+def _short_number(value, _position=None):
+    """20000 -> "20k", 1500000 -> "1.5M", 0.05 -> "0.05": tick labels that fit."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def plot_pareto(report, path):
     """pareto.png: accuracy against gzip bytes and against latency, front marked.
 
@@ -249,9 +257,20 @@ def plot_pareto(report, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
+    fig = pareto_figure(report)
+    # Rendered in memory, then written atomically: a kill leaves no partial PNG.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def pareto_figure(report):
+    """The matplotlib figure `plot_pareto` writes: one panel per cost, front in red."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     variants = report["variants"]
     device = report["pareto"]["latency_device"]
     panels = [("gzip bytes", lambda v: v["gzip_bytes"], report["pareto"]["gzip_bytes"])]
@@ -271,7 +290,7 @@ def plot_pareto(report, path):
             if x is None:
                 continue
             ax.scatter(x, 100 * v["top1"], color="tab:red" if i in front else "tab:blue", zorder=3)
-            ax.annotate(f"{v['stage'][3:]} {v['mode']}", (x, 100 * v["top1"]), fontsize=7,
+            ax.annotate(f"{v['stage']} {v['mode']}", (x, 100 * v["top1"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         pts = sorted((cost(variants[i]), 100 * variants[i]["top1"]) for i in front)
         if pts:
@@ -280,7 +299,10 @@ def plot_pareto(report, path):
         xs = [x for x in map(cost, variants) if x]
         if xs and max(xs) >= 10 * min(xs):
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels
+            # 1-2-5 ticks, labelled: over one or two decades a plain log axis labels one tick.
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_short_number))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             label += " (log)"
         # Under a decade a log axis has no major tick, so no label at all: stay linear.
         ax.set_xlabel(label)
@@ -289,11 +311,7 @@ def plot_pareto(report, path):
         ax.legend(loc="lower right")
     fig.suptitle(f"{report['recipe']['name']}: accuracy against size and cost")
     fig.tight_layout()
-    # Rendered in memory, then written atomically: a kill leaves no partial PNG.
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return fig
 
 
 def write_report(out_dir, report):

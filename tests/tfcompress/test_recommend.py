@@ -78,3 +78,25 @@ def test_without_a_budget_only_dominated_stages_are_named():
     assert rec["smallest"] is None
     lines = format_recommendation(rec)
     assert len(lines) == 1 and lines[0].startswith("Stage 03-qat: every variant")
+
+
+def test_pareto_axes_label_their_ticks():
+    from tfcompress.report import pareto_figure
+    import matplotlib.pyplot as plt
+    report = {"recipe": {"name": "hand"}, "variants": VARIANTS,
+              "pareto": _pareto(VARIANTS)}
+    fig = pareto_figure(report)
+    try:
+        size, host, npu = fig.axes
+        fig.canvas.draw()
+        # gzip bytes span 6k..200k: log axis with 1-2-5 ticks, each labelled ("10k", "20k", ...).
+        assert size.get_xscale() == "log"
+        labels = [t.get_text() for t in size.get_xticklabels() if t.get_text()]
+        assert {"10k", "20k", "50k", "100k"} <= set(labels), labels
+        # Latency spans under a decade: linear, with numbers on its ticks.
+        assert host.get_xscale() == "linear"
+        assert len([t for t in host.get_xticklabels() if t.get_text()]) >= 3
+        names = {t.get_text() for t in size.texts}
+        assert {"02-prune int8_full", "03-qat int8_full"} <= names   # whole stage names
+    finally:
+        plt.close(fig)
