@@ -36,3 +36,19 @@ def markdown_table(header, rows, numeric_from=1):
     align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
     return [f"| {' | '.join(header)} |", f"|{'|'.join(align)}|",
             *(f"| {' | '.join(str(c) for c in row)} |" for row in rows)]
+
+
+def write_results(out_dir, name, results, lines):
+    """Writes OUT/NAME.json (`results`) and OUT/NAME.md (`lines`), and prints the lines.
+
+    Example:
+        write_results("runs/bench-x", "bench_x", rows, ["# Title", "", *table])
+    """
+    import json
+    import os
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))

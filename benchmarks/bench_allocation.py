@@ -18,14 +18,12 @@ Example:
     python -m benchmarks.bench_allocation --out=runs/bench-allocation
 """
 
-import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks import absl_main, markdown_table
+from benchmarks import absl_main, markdown_table, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/bench-allocation", "Output folder.")
@@ -85,7 +83,6 @@ def _prune(model, ds, sparsity, allocation):
 def run():
     from tfcompress import data
     ds = data.load_dataset("fashion_mnist")
-    os.makedirs(FLAGS.out, exist_ok=True)
     results = []
     for name in FLAGS.models:
         if name not in ZOO:
@@ -110,11 +107,7 @@ def run():
     lines = ["# Sensitivity allocation against uniform sparsity", "",
              f"Fashion-MNIST, {FLAGS.prune_epochs} fine-tuning epochs per run, float test "
              "accuracy on 10,000 images; 2-core shared machine, no GPU; one seed.", "", *table]
-    with open(os.path.join(FLAGS.out, "bench_allocation.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(FLAGS.out, "bench_allocation.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(FLAGS.out, "bench_allocation", results, lines)
     return results
 
 

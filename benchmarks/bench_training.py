@@ -15,14 +15,12 @@ Example:
     python -m benchmarks.bench_training --out=runs/bench-training
 """
 
-import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks import absl_main, markdown_table
+from benchmarks import absl_main, markdown_table, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/bench-training", "Output folder.")
@@ -68,7 +66,6 @@ def _epoch_times(workload, feed, jit, ds):
 def run():
     from tfcompress import data
     ds = data.load_dataset("fashion_mnist")
-    os.makedirs(FLAGS.out, exist_ok=True)
     results = []
     for workload in ("train", "prune"):
         base = None
@@ -88,11 +85,7 @@ def run():
     lines = ["# Training speed: XLA and tf.data against the Sequence", "",
              f"small_cnn w16 on Fashion-MNIST, batch 128, median of epochs 2-{FLAGS.epochs}; "
              "2-core shared machine, no GPU.", "", *table]
-    with open(os.path.join(FLAGS.out, "bench_training.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(FLAGS.out, "bench_training.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(FLAGS.out, "bench_training", results, lines)
     return results
 
 
