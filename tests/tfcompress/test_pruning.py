@@ -156,6 +156,44 @@ def test_fit_without_the_callback_prunes_on_schedule():
     np.testing.assert_array_equal(stripped.get_layer("d2").kernel.numpy() == 0, mask == 0)
 
 
+def _zero_smallest(model, layer, fraction):
+    kernel = model.get_layer(layer).kernel
+    values = kernel.numpy()
+    values[np.abs(values) <= np.quantile(np.abs(values), fraction)] = 0
+    kernel.assign(values)
+    return values == 0
+
+
+def test_an_already_sparse_layer_continues_from_its_sparsity():
+    """A second pruning step (85% then 93% in the demo) must not let pruned weights grow back."""
+    data = _data((16,), 4)
+    schedule = schedules.PolynomialDecay(0.8, begin_epoch=0, end_epoch=2)  # frequency capped: 6
+    # TFMOT's own wrapper starts with an all-ones mask: the zeros grow back at once.
+    raw_model = _dense_model()
+    _zero_smallest(raw_model, "d2", 0.6)
+    raw = tfmot.sparsity.keras.prune_low_magnitude(
+        raw_model, pruning_schedule=schedule.to_tfmot(STEPS_PER_EPOCH))
+    _fit(raw, data, epochs=1, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    assert np.mean(raw.get_layer("prune_low_magnitude_d2").layer.kernel.numpy() == 0) < 0.3
+
+    model = _dense_model()
+    zeros = _zero_smallest(model, "d2", 0.6)
+    pruned = pruning.prune(model, PruningConfig(schedule=schedule), steps_per_epoch=STEPS_PER_EPOCH)
+    wrapper = pruned.get_layer("prune_low_magnitude_d2")
+    assert wrapper.pruning_schedule.initial_sparsity == pytest.approx(0.6, abs=0.01)
+    _fit(pruned, data, epochs=1)  # 3 steps, before the schedule's first mask update (step 6)
+    assert np.all(wrapper.pruning_vars[0][1].numpy()[zeros] == 0)
+    assert np.all(pruning.strip_pruning(pruned).get_layer("d2").kernel.numpy()[zeros] == 0)
+    _fit(pruned, data, epochs=3, initial_epoch=1, compile=False)
+    stripped = pruning.strip_pruning(pruned)
+    assert _sparsity(stripped, "d2") == pytest.approx(0.8, abs=0.01)
+    assert np.all(stripped.get_layer("d2").kernel.numpy()[zeros] == 0)
+    # A dense layer still ramps from 0.
+    assert pruning.prune(_dense_model(), PruningConfig(schedule=schedule),
+                         steps_per_epoch=STEPS_PER_EPOCH).get_layer(
+        "prune_low_magnitude_d2").pruning_schedule.initial_sparsity == 0
+
+
 # ---------------------------------------------------------------------------- 2:4
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 from tfcompress import schedules
 from tfcompress.checks import as_config, check_finite_weights, check_wrappable
 from tfcompress.errors import TfcompressError
-from tfcompress.keras import ensure_tf_keras_model, keras
+from tfcompress.keras import ensure_tf_keras_model, keras, tf
 from tfcompress.layer_selection import (check_patterns_or_classes, describe, is_graph_model,
                                         matches, unmatched, walk)
 from tfcompress.pruning.wrapper import (CUSTOM_OBJECTS, PruneLowMagnitude, is_pruned_model,
@@ -289,14 +289,27 @@ def _policy(config):
     return _POLICIES[policy]() if isinstance(policy, str) else policy
 
 
-def _wrapper_params(config, sparsity, steps_per_epoch, total_epochs):
+def zero_fraction(layer):
+    """The fraction of `layer`'s prunable weights that are exactly zero (an earlier pruning)."""
+    weights = [weight.numpy() for weight in prunable_weights(layer) or []]
+    size = sum(weight.size for weight in weights)
+    return sum(int((weight == 0).sum()) for weight in weights) / size if size else 0.0
+
+
+def _wrapper_params(config, sparsity, steps_per_epoch, total_epochs, start=0.0):
     if config.m_by_n:
         # Ignored by TFMOT for M:N (the mask is made at step 1); stated anyway
         # so that PruningSummaries logs the truth.
         schedule = tfmot.sparsity.keras.ConstantSparsity(
             config.sparsity, begin_step=1, end_step=1, frequency=1)
     else:
-        schedule = config.layer_schedule(sparsity).to_tfmot(steps_per_epoch, total_epochs)
+        schedule = config.layer_schedule(sparsity)
+        if isinstance(schedule, schedules.PolynomialDecay) and start > schedule.initial_sparsity:
+            # An already sparse layer (an earlier pruning step) continues from
+            # its sparsity: a ramp from 0 would let its pruned weights grow back.
+            schedule = schedule.from_config(dict(schedule.get_config(),
+                                                 initial_sparsity=min(start, sparsity)))
+        schedule = schedule.to_tfmot(steps_per_epoch, total_epochs)
     return {"pruning_schedule": schedule, "block_size": config.block_size or (1, 1),
             "block_pooling_type": config.block_pooling, "sparsity_m_by_n": config.m_by_n}
 
@@ -365,8 +378,11 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
                 "XNNPACK's sparse inference needs a 3x3 stride-2 VALID stem convolution on 3 "
                 "channels after ZeroPadding2D(1) and a GlobalAveragePooling2D(keepdims=True) "
                 "head; use policy=None otherwise") from e
-    plan = {id(layer): _wrapper_params(config, sparsity, steps_per_epoch, total_epochs)
-            for layer, sparsity in _select(clone, config)}
+    selected = _select(clone, config)
+    starts = {id(layer): zero_fraction(layer) for layer, _ in selected}
+    plan = {id(layer): _wrapper_params(config, sparsity, steps_per_epoch, total_epochs,
+                                       starts[id(layer)])
+            for layer, sparsity in selected}
 
     def wrap(layer):
         if is_graph_model(layer):
@@ -375,6 +391,13 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
         return layer if params is None else PruneLowMagnitude(layer, **params)
 
     pruned = keras.models.clone_model(clone, clone_function=wrap)
+    if not config.m_by_n:
+        # TFMOT's masks start all ones until the schedule's first update
+        # (`frequency` steps in); weights an earlier pruning zeroed stay masked.
+        for layer in wrappers(pruned):
+            if starts.get(id(layer.layer)):
+                for weight, mask, _ in layer.pruning_vars:
+                    mask.assign(tf.cast(tf.not_equal(weight, 0), mask.dtype))
     start_step_counters(pruned)
     return pruned
 
