@@ -323,7 +323,9 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
     The original model is left untouched (TFMOT's `prune_low_magnitude` shares
     the original's layers, so training the pruned model would change the
     baseline too); the result holds copies of its weights and is not
-    compiled.
+    compiled. A layer that is already sparse (an earlier pruning step)
+    continues from there: a polynomial ramp starts at its sparsity, and its
+    zero weights stay masked until the schedule's first mask update.
 
     Example:
         pruned = prune(model, PruningConfig(0.8), steps_per_epoch=469, total_epochs=4)
