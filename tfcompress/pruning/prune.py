@@ -289,7 +289,7 @@ def _policy(config):
     return _POLICIES[policy]() if isinstance(policy, str) else policy
 
 
-def zero_fraction(layer):
+def _zero_fraction(layer):
     """The fraction of `layer`'s prunable weights that are exactly zero (an earlier pruning)."""
     weights = [weight.numpy() for weight in prunable_weights(layer) or []]
     size = sum(weight.size for weight in weights)
@@ -380,11 +380,9 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
                 "XNNPACK's sparse inference needs a 3x3 stride-2 VALID stem convolution on 3 "
                 "channels after ZeroPadding2D(1) and a GlobalAveragePooling2D(keepdims=True) "
                 "head; use policy=None otherwise") from e
-    selected = _select(clone, config)
-    starts = {id(layer): zero_fraction(layer) for layer, _ in selected}
     plan = {id(layer): _wrapper_params(config, sparsity, steps_per_epoch, total_epochs,
-                                       starts[id(layer)])
-            for layer, sparsity in selected}
+                                       _zero_fraction(layer))
+            for layer, sparsity in _select(clone, config)}
 
     def wrap(layer):
         if is_graph_model(layer):
@@ -395,11 +393,11 @@ def prune(model, config=None, *, steps_per_epoch=None, total_epochs=None):
     pruned = keras.models.clone_model(clone, clone_function=wrap)
     if not config.m_by_n:
         # TFMOT's masks start all ones until the schedule's first update
-        # (`frequency` steps in); weights an earlier pruning zeroed stay masked.
+        # (`frequency` steps in); weights an earlier pruning zeroed stay masked
+        # (a dense layer's mask stays all ones).
         for layer in wrappers(pruned):
-            if starts.get(id(layer.layer)):
-                for weight, mask, _ in layer.pruning_vars:
-                    mask.assign(tf.cast(tf.not_equal(weight, 0), mask.dtype))
+            for weight, mask, _ in layer.pruning_vars:
+                mask.assign(tf.cast(tf.not_equal(weight, 0), mask.dtype))
     start_step_counters(pruned)
     return pruned
 
